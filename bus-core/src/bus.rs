@@ -1,0 +1,475 @@
+//! The [`Bus`] handle: connect, publish.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fred::prelude::*;
+use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::Value;
+
+use crate::codec::Codec;
+use crate::envelope;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::names::{validate_name, StreamKeys};
+use crate::worker::Worker;
+
+/// Default payload limit: 1 MiB (R-3.3).
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+/// The oldest Redis version Streambus runs on.
+pub(crate) const MIN_REDIS_VERSION: (u32, u32) = (6, 2);
+
+/// A connection to the bus. Cheap to clone: clones share one multiplexed Redis connection, and
+/// concurrent publishes from clones are pipelined.
+///
+/// ```no_run
+/// # use bus_core::{Bus, Codec, Event};
+/// # #[derive(serde::Serialize, serde::Deserialize, Event)]
+/// # #[event(stream = "orders")]
+/// # struct OrderPlaced { order_id: u64 }
+/// # async fn demo() -> bus_core::Result<()> {
+/// let bus = Bus::builder()
+///     .prefix("shop")                 // keys are `shop:{orders}:…`
+///     .codec(Codec::MessagePack)      // the default; Codec::Json for interop
+///     .max_payload_bytes(256 * 1024)
+///     .connect("redis://127.0.0.1:6379")
+///     .await?;
+/// let published = bus.publish(&OrderPlaced { order_id: 1 }).await?;
+/// println!("event {} is entry {}", published.event_id, published.entry_id);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    pub(crate) inner: Arc<BusInner>,
+}
+
+pub(crate) struct BusInner {
+    pub(crate) client: Client,
+    pub(crate) prefix: String,
+    pub(crate) codec: Codec,
+    pub(crate) max_payload: usize,
+    pub(crate) url: String,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("url", &self.inner.url)
+            .field("prefix", &self.inner.prefix)
+            .field("codec", &self.inner.codec)
+            .field("max_payload", &self.inner.max_payload)
+            .finish()
+    }
+}
+
+/// What [`Bus::publish`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The producer-made event id (UUIDv7): stable across retries and replays; use it for
+    /// idempotency.
+    pub event_id: String,
+    /// The stream entry id Redis assigned.
+    pub entry_id: String,
+}
+
+/// Per-publish options.
+///
+/// ```
+/// let opts = bus_core::PublishOptions::new().header("traceparent", "00-4bf9…-01");
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    headers: Vec<(String, String)>,
+}
+
+impl PublishOptions {
+    /// No options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a string header carried with the event (for example W3C `traceparent`). Header names
+    /// follow the same rules as stream names.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// Builder for [`Bus`].
+#[derive(Debug, Clone)]
+pub struct BusBuilder {
+    prefix: String,
+    codec: Codec,
+    max_payload: usize,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+impl Default for BusBuilder {
+    fn default() -> Self {
+        Self {
+            prefix: "bus".into(),
+            codec: Codec::default(),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BusBuilder {
+    /// The defaults: prefix `bus`, MessagePack, 1 MiB payload limit, 5 s connect timeout, 10 s
+    /// command timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Key prefix (default `bus`); checked with the name rules.
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Payload codec for publishing (default MessagePack).
+    #[must_use]
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Largest accepted encoded payload, in bytes (default 1 MiB).
+    #[must_use]
+    pub fn max_payload_bytes(mut self, limit: usize) -> Self {
+        self.max_payload = limit;
+        self
+    }
+
+    /// How long connecting may take before [`Error::Unreachable`] (default 5 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a command may wait (including while reconnecting) before it fails (default 10 s).
+    #[must_use]
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Connects and checks the server (R-8.1): an unreachable server, rejected credentials and a
+    /// Redis older than 6.2 each give their own error. Warns when `maxmemory-policy` is not
+    /// `noeviction`. URLs: `redis://[user:pass@]host:port[/db]`, `rediss://…` for TLS.
+    pub async fn connect(self, url: &str) -> Result<Bus> {
+        validate_name("prefix", &self.prefix)?;
+        let redacted = redact(url);
+        let config = Config::from_url(url)
+            .map_err(|e| Error::Config(format!("bad Redis URL {redacted}: {}", e.details())))?;
+        let client = build_client(config, self.connect_timeout, self.command_timeout)?;
+        let init =
+            tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), client.init());
+        match init.await {
+            Ok(Ok(_task)) => {}
+            Ok(Err(e)) => return Err(connect_error(&redacted, &e)),
+            Err(_) => {
+                let _ = client.quit().await;
+                return Err(Error::Unreachable {
+                    url: redacted,
+                    reason: "connection timed out".into(),
+                });
+            }
+        }
+        if let Err(e) = check_server(&client, &redacted).await {
+            let _ = client.quit().await;
+            return Err(e);
+        }
+        Ok(Bus {
+            inner: Arc::new(BusInner {
+                client,
+                prefix: self.prefix,
+                codec: self.codec,
+                max_payload: self.max_payload,
+                url: redacted,
+            }),
+        })
+    }
+}
+
+pub(crate) fn build_client(
+    config: Config,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+) -> Result<Client> {
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = connect_timeout;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = command_timeout;
+        })
+        // Reconnect forever with backoff: a finite policy leaves the client dead for good once it
+        // is used up (see FRED-NOTES §3).
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+    builder
+        .build()
+        .map_err(|e| Error::Config(format!("cannot build Redis client: {}", e.details())))
+}
+
+fn connect_error(url: &str, e: &fred::error::Error) -> Error {
+    let text = e.details().to_owned();
+    if *e.kind() == fred::error::ErrorKind::Auth
+        || text.starts_with("WRONGPASS")
+        || text.starts_with("NOAUTH")
+        || text.contains("invalid username-password")
+    {
+        Error::Auth {
+            url: url.to_owned(),
+            reason: text,
+        }
+    } else {
+        Error::Unreachable {
+            url: url.to_owned(),
+            reason: format!("{:?}: {text}", e.kind()),
+        }
+    }
+}
+
+async fn check_server(client: &Client, url: &str) -> Result<()> {
+    let info: String = client
+        .info(Some(fred::types::InfoKind::Server))
+        .await
+        .map_err(|e| connect_error(url, &e))?;
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default();
+    if !version_at_least(&version, MIN_REDIS_VERSION) {
+        return Err(Error::UnsupportedServer {
+            url: url.to_owned(),
+            version: if version.is_empty() {
+                "unknown".into()
+            } else {
+                version
+            },
+            required: "6.2",
+        });
+    }
+    let policy: std::result::Result<Vec<String>, _> = client
+        .custom(
+            fred::types::CustomCommand::new_static("CONFIG", None, false),
+            vec!["GET", "maxmemory-policy"],
+        )
+        .await;
+    match policy {
+        Ok(v) if v.len() == 2 && v[1] != "noeviction" => tracing::warn!(
+            policy = %v[1],
+            "Redis maxmemory-policy is not noeviction: Redis may evict streams and consumer groups \
+             under memory pressure, losing events"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot read maxmemory-policy (CONFIG GET refused?)"),
+    }
+    Ok(())
+}
+
+/// `"7.0.15"` ≥ `(6, 2)`?
+pub(crate) fn version_at_least(version: &str, min: (u32, u32)) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
+    }
+}
+
+/// Removes the password from a Redis URL for error messages and logs.
+pub(crate) fn redact(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        if let Some(at) = rest.rfind('@') {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                return format!("{}{user}:***@{}", &url[..scheme_end + 3], &rest[at + 1..]);
+            }
+        }
+    }
+    url.to_owned()
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An encoded entry ready for XADD.
+struct Prepared {
+    key: String,
+    event_id: String,
+    fields: Vec<(String, Value)>,
+}
+
+impl Bus {
+    /// Connects with the default settings; see [`BusBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Bus> {
+        BusBuilder::new().connect(url).await
+    }
+
+    /// A builder for custom settings.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::new()
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The Redis key of an event's stream (`<prefix>:{<stream>}:stream`).
+    pub fn stream_key(&self, stream: &str) -> Result<String> {
+        validate_name("stream", stream)?;
+        Ok(StreamKeys::new(&self.inner.prefix, stream)
+            .stream()
+            .to_owned())
+    }
+
+    /// The Redis key of a group's dead-letter stream (`<prefix>:{<stream>}:dlq:<group>`).
+    pub fn dead_letter_key(&self, stream: &str, group: &str) -> Result<String> {
+        validate_name("stream", stream)?;
+        validate_name("group", group)?;
+        Ok(StreamKeys::new(&self.inner.prefix, stream).dead_letter(group))
+    }
+
+    pub(crate) fn keys(&self, stream: &str) -> StreamKeys {
+        StreamKeys::new(&self.inner.prefix, stream)
+    }
+
+    /// A new worker on this bus; add subscribers and run it.
+    pub fn worker(&self) -> Worker {
+        Worker::new(self)
+    }
+
+    fn prepare<E: Event>(&self, event: &E, opts: &PublishOptions) -> Result<Prepared> {
+        validate_name("stream", E::STREAM)?;
+        for (name, _) in &opts.headers {
+            validate_name("header", name)?;
+        }
+        let payload = self.inner.codec.encode(event)?;
+        if payload.len() > self.inner.max_payload {
+            return Err(Error::PayloadTooLarge {
+                size: payload.len(),
+                limit: self.inner.max_payload,
+            });
+        }
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let fields = envelope::encode(
+            &event_id,
+            E::NAME,
+            now_ms(),
+            self.inner.codec,
+            payload,
+            &opts.headers,
+        );
+        Ok(Prepared {
+            key: self.keys(E::STREAM).stream().to_owned(),
+            event_id,
+            fields,
+        })
+    }
+
+    /// Publishes one event to its stream. Returns once Redis has stored it.
+    ///
+    /// Fails with nothing written when the stream name is invalid ([`Error::InvalidName`]) or the
+    /// payload is over the limit ([`Error::PayloadTooLarge`]).
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<Published> {
+        self.publish_with(event, PublishOptions::new()).await
+    }
+
+    /// Publishes one event with options (headers).
+    pub async fn publish_with<E: Event>(
+        &self,
+        event: &E,
+        opts: PublishOptions,
+    ) -> Result<Published> {
+        let p = self.prepare(event, &opts)?;
+        let span = tracing::debug_span!("publish", stream = E::STREAM, event_id = %p.event_id);
+        let _enter = span.enter();
+        let entry_id: String = self
+            .inner
+            .client
+            .xadd(p.key.as_str(), false, None, "*", p.fields)
+            .await?;
+        Ok(Published {
+            event_id: p.event_id,
+            entry_id,
+        })
+    }
+
+    /// Publishes several events in one pipeline. Every event is encoded and checked first: if any
+    /// is invalid or too large, nothing is written.
+    pub async fn publish_batch<E: Event>(&self, events: &[E]) -> Result<Vec<Published>> {
+        let opts = PublishOptions::new();
+        let prepared = events
+            .iter()
+            .map(|e| self.prepare(e, &opts))
+            .collect::<Result<Vec<_>>>()?;
+        if prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.inner.client.pipeline();
+        let mut event_ids = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let () = pipeline
+                .xadd(p.key.as_str(), false, None, "*", p.fields)
+                .await?;
+            event_ids.push(p.event_id);
+        }
+        let entry_ids: Vec<String> = pipeline.all().await?;
+        Ok(event_ids
+            .into_iter()
+            .zip(entry_ids)
+            .map(|(event_id, entry_id)| Published { event_id, entry_id })
+            .collect())
+    }
+
+    /// The underlying Redis client (for tests and tools; most users never need it).
+    #[doc(hidden)]
+    pub fn redis(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Closes the connection. Clones of this handle stop working too.
+    pub async fn close(&self) {
+        let _ = self.inner.client.quit().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn compares_versions() {
+        assert!(version_at_least("7.0.15", (6, 2)));
+        assert!(version_at_least("6.2.0", (6, 2)));
+        assert!(!version_at_least("6.0.9", (6, 2)));
+        assert!(!version_at_least("5.0.7", (6, 2)));
+        assert!(!version_at_least("", (6, 2)));
+    }
+}

@@ -1,0 +1,180 @@
+//! The stream-entry format.
+//!
+//! | field | value |
+//! |---|---|
+//! | `v` | envelope version, `1` |
+//! | `id` | event id: a UUIDv7 made by the producer |
+//! | `type` | the event's type name ([`Event::NAME`](crate::Event::NAME)) |
+//! | `ts` | publish time, Unix milliseconds (producer clock) |
+//! | `ct` | payload codec: `msgpack` or `json` |
+//! | `p` | the payload |
+//! | `h:<name>` | one field per header (e.g. `h:traceparent`) |
+
+use fred::bytes::Bytes;
+use fred::types::Value;
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+
+pub(crate) const VERSION: &str = "1";
+pub(crate) const F_VERSION: &str = "v";
+pub(crate) const F_ID: &str = "id";
+pub(crate) const F_TYPE: &str = "type";
+pub(crate) const F_TS: &str = "ts";
+pub(crate) const F_CODEC: &str = "ct";
+pub(crate) const F_PAYLOAD: &str = "p";
+pub(crate) const HEADER_PREFIX: &str = "h:";
+
+/// One entry as read from a stream: its id and raw fields (`None` when the entry was deleted or
+/// trimmed while pending).
+#[derive(Debug, Clone)]
+pub(crate) struct RawEntry {
+    pub(crate) id: String,
+    pub(crate) fields: Option<Vec<(Bytes, Bytes)>>,
+}
+
+/// A decoded envelope: everything but the typed payload.
+#[derive(Debug, Clone)]
+pub(crate) struct Envelope {
+    pub(crate) event_id: String,
+    pub(crate) event_type: String,
+    pub(crate) published_at_ms: u64,
+    pub(crate) codec: Codec,
+    pub(crate) payload: Bytes,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+/// Builds the field list of a new entry.
+pub(crate) fn encode(
+    event_id: &str,
+    event_type: &str,
+    published_at_ms: u64,
+    codec: Codec,
+    payload: Vec<u8>,
+    headers: &[(String, String)],
+) -> Vec<(String, Value)> {
+    let mut fields = Vec::with_capacity(6 + headers.len());
+    fields.push((F_VERSION.to_owned(), Value::from(VERSION)));
+    fields.push((F_ID.to_owned(), Value::from(event_id)));
+    fields.push((F_TYPE.to_owned(), Value::from(event_type)));
+    fields.push((F_TS.to_owned(), Value::from(published_at_ms as i64)));
+    fields.push((F_CODEC.to_owned(), Value::from(codec.tag())));
+    fields.push((F_PAYLOAD.to_owned(), Value::Bytes(payload.into())));
+    for (k, v) in headers {
+        fields.push((format!("{HEADER_PREFIX}{k}"), Value::from(v.as_str())));
+    }
+    fields
+}
+
+fn utf8(field: &str, b: &Bytes) -> Result<String> {
+    String::from_utf8(b.to_vec()).map_err(|_| Error::Decode(format!("field {field} is not UTF-8")))
+}
+
+/// Decodes the envelope fields of an entry. Never panics: anything unexpected is an
+/// [`Error::Decode`] naming what is wrong.
+pub(crate) fn decode(fields: &[(Bytes, Bytes)]) -> Result<Envelope> {
+    let mut version = None;
+    let mut event_id = None;
+    let mut event_type = None;
+    let mut ts = None;
+    let mut codec = None;
+    let mut payload = None;
+    let mut headers = Vec::new();
+    for (k, v) in fields {
+        match k.as_ref() {
+            b"v" => version = Some(v),
+            b"id" => event_id = Some(v),
+            b"type" => event_type = Some(v),
+            b"ts" => ts = Some(v),
+            b"ct" => codec = Some(v),
+            b"p" => payload = Some(v),
+            other => {
+                if let Some(name) = other.strip_prefix(HEADER_PREFIX.as_bytes()) {
+                    if let (Ok(name), Ok(value)) =
+                        (std::str::from_utf8(name), std::str::from_utf8(v))
+                    {
+                        headers.push((name.to_owned(), value.to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    let missing = |f: &str| Error::Decode(format!("missing field {f}"));
+    let version = version.ok_or_else(|| missing(F_VERSION))?;
+    if version.as_ref() != VERSION.as_bytes() {
+        return Err(Error::Decode(format!(
+            "unsupported envelope version {:?}",
+            String::from_utf8_lossy(version)
+        )));
+    }
+    let event_id = utf8(F_ID, event_id.ok_or_else(|| missing(F_ID))?)?;
+    let event_type = utf8(F_TYPE, event_type.ok_or_else(|| missing(F_TYPE))?)?;
+    let published_at_ms = utf8(F_TS, ts.ok_or_else(|| missing(F_TS))?)?
+        .parse::<u64>()
+        .map_err(|_| Error::Decode("field ts is not a number".into()))?;
+    let codec_tag = codec.ok_or_else(|| missing(F_CODEC))?;
+    let codec = Codec::from_tag(codec_tag).ok_or_else(|| {
+        Error::Decode(format!(
+            "unknown codec {:?}",
+            String::from_utf8_lossy(codec_tag)
+        ))
+    })?;
+    let payload = payload.ok_or_else(|| missing(F_PAYLOAD))?.clone();
+    Ok(Envelope {
+        event_id,
+        event_type,
+        published_at_ms,
+        codec,
+        payload,
+        headers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_bytes(fields: Vec<(String, Value)>) -> Vec<(Bytes, Bytes)> {
+        fields
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::Bytes(b) => b,
+                    Value::String(s) => s.into_inner(),
+                    Value::Integer(i) => Bytes::from(i.to_string()),
+                    other => panic!("unexpected {other:?}"),
+                };
+                (Bytes::from(k), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_trip() {
+        let h = vec![("traceparent".to_owned(), "00-abc".to_owned())];
+        let f = encode("e1", "OrderPlaced", 42, Codec::Json, b"{}".to_vec(), &h);
+        let env = decode(&as_bytes(f)).expect("decode");
+        assert_eq!(env.event_id, "e1");
+        assert_eq!(env.event_type, "OrderPlaced");
+        assert_eq!(env.published_at_ms, 42);
+        assert_eq!(env.codec, Codec::Json);
+        assert_eq!(&env.payload[..], b"{}");
+        assert_eq!(env.headers, h);
+    }
+
+    #[test]
+    fn foreign_entries_are_decode_errors() {
+        let cases: Vec<Vec<(Bytes, Bytes)>> = vec![
+            vec![],
+            vec![(Bytes::from_static(b"foo"), Bytes::from_static(b"bar"))],
+            vec![(Bytes::from_static(b"v"), Bytes::from_static(b"99"))],
+            vec![
+                (Bytes::from_static(b"v"), Bytes::from_static(b"1")),
+                (Bytes::from_static(b"id"), Bytes::from_static(&[0xff, 0xfe])),
+            ],
+        ];
+        for c in cases {
+            assert!(matches!(decode(&c), Err(Error::Decode(_))), "{c:?}");
+        }
+    }
+}

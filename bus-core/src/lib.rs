@@ -1,0 +1,128 @@
+//! # Streambus
+//!
+//! Reliable background work and domain events on Redis Streams.
+//!
+//! Services publish events with one call; each downstream service subscribes with its own
+//! consumer group, so every service sees every event (fan-out) while the worker processes of one
+//! service share its load. Delivery is **at least once**: an event is acknowledged only after its
+//! handler returned `Ok`; a worker that dies leaves the event pending in Redis, to be delivered
+//! again. Handlers must therefore be idempotent — key their side effects by
+//! [`Context::event_id`].
+//!
+//! ## Usage
+//!
+//! ```no_run
+//! use bus_core::{subscriber, Bus, Context, Event, HandlerError};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize, Event)]
+//! #[event(stream = "orders")]
+//! struct OrderPlaced {
+//!     order_id: u64,
+//!     cents: u64,
+//! }
+//!
+//! #[subscriber(group = "billing", concurrency = 16, max_attempts = 5, visibility_timeout = "30s")]
+//! async fn charge(order: OrderPlaced, ctx: &Context) -> Result<(), HandlerError> {
+//!     println!("charging order {} (attempt {})", order.order_id, ctx.attempt());
+//!     Ok(())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> bus_core::Result<()> {
+//!     let bus = Bus::connect("redis://127.0.0.1:6379").await?;
+//!     bus.publish(&OrderPlaced { order_id: 1, cents: 4200 }).await?;
+//!     bus.worker()
+//!         .subscribe(charge::subscriber())
+//!         .run(bus_core::shutdown_signal())
+//!         .await
+//! }
+//! ```
+//!
+//! The handler stays an ordinary function, callable in unit tests:
+//!
+//! ```
+//! # use bus_core::{subscriber, Context, Event, HandlerError, Subscriber};
+//! # #[derive(Debug, serde::Serialize, serde::Deserialize, Event)]
+//! # #[event(stream = "orders")]
+//! # struct OrderPlaced { order_id: u64 }
+//! #[subscriber(group = "billing")]
+//! async fn charge(order: OrderPlaced, _ctx: &Context) -> Result<(), HandlerError> {
+//!     if order.order_id == 0 { return Err(HandlerError::reject("no order id")); }
+//!     Ok(())
+//! }
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let ctx = Context::builder().attempt(1).build();
+//! assert!(charge(OrderPlaced { order_id: 0 }, &ctx).await.unwrap_err().is_reject());
+//! assert_eq!(charge::subscriber().options().group(), "billing");
+//! # }
+//! ```
+//!
+//! ## Feature flags
+//!
+//! - `macros` (default): `#[subscriber]` and `#[derive(Event)]`.
+//! - `test-util`: [`testing`] — throwaway `redis-server` processes and key clean-up.
+//!
+//! ## Supported Rust versions
+//!
+//! The minimum supported Rust version is 1.88 (that of the `fred` dependency tree). It may rise in
+//! a minor release.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs)]
+
+#[allow(unused_extern_crates)]
+extern crate self as bus_core;
+
+mod bus;
+mod codec;
+mod dead_letter;
+mod envelope;
+mod error;
+mod event;
+mod names;
+mod redis;
+mod shutdown;
+mod subscriber;
+#[cfg(feature = "test-util")]
+pub mod testing;
+mod worker;
+
+pub use bus::{Bus, BusBuilder, PublishOptions, Published, DEFAULT_MAX_PAYLOAD};
+pub use codec::Codec;
+pub use dead_letter::DeadLetter;
+pub use error::{Action, BoxError, Error, HandlerError, RedisError, Result};
+pub use event::Event;
+pub use names::{validate_name, MAX_NAME_LEN};
+pub use shutdown::shutdown_signal;
+pub use subscriber::{
+    subscriber_fn, Context, ContextBuilder, FnSubscriber, HandlerResult, IntoHandlerResult,
+    StartFrom, Subscriber, SubscriberOptions,
+};
+pub use worker::{default_consumer_name, Worker, WorkerHandle};
+
+#[cfg(feature = "macros")]
+pub use bus_macros::{subscriber, Event};
+
+/// The most used items: `use bus_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Bus, Context, Event, HandlerError, Subscriber, SubscriberOptions, Worker};
+    #[cfg(feature = "macros")]
+    pub use bus_macros::subscriber;
+}
+
+/// Paths the macros expand to. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::subscriber::{
+        Context, HandlerResult, IntoHandlerResult, Subscriber, SubscriberOptions,
+    };
+    pub use crate::Event;
+    pub use futures::future::BoxFuture;
+    pub use std::boxed::Box;
+    pub use std::time::Duration;
+}
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

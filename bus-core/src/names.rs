@@ -1,0 +1,118 @@
+//! Name rules (R-2.3) and the Redis key layout (R-2.1, R-2.2).
+//!
+//! Every key of one stream shares the hash tag `{<stream>}` so that a stream and all of its side
+//! keys live in one Redis Cluster slot:
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `<prefix>:{<stream>}:stream` | stream | the events |
+//! | `<prefix>:{<stream>}:dlq:<group>` | stream | the group's dead letters |
+//! | `<prefix>:{<stream>}:delayed` | sorted set | delayed publishes (reserved) |
+//! | `<prefix>:{<stream>}:status:<event id>` | hash | per-event status (reserved) |
+
+use crate::error::{Error, Result};
+
+/// Longest accepted stream, group or prefix name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks a stream, group or prefix name: non-empty, at most [`MAX_NAME_LEN`] bytes, and no `{`,
+/// `}`, whitespace or control characters.
+///
+/// ```
+/// assert!(bus_core::validate_name("stream", "orders").is_ok());
+/// assert!(bus_core::validate_name("group", "bill ing").is_err());
+/// ```
+pub fn validate_name(kind: &'static str, name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > MAX_NAME_LEN {
+        Some("must be at most 128 bytes long")
+    } else if name.contains(['{', '}']) {
+        Some("must not contain '{' or '}'")
+    } else if name.chars().any(char::is_whitespace) {
+        Some("must not contain whitespace")
+    } else if name.chars().any(char::is_control) {
+        Some("must not contain control characters")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            kind,
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The keys of one stream under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StreamKeys {
+    base: String,
+    stream: String,
+}
+
+impl StreamKeys {
+    /// Builds the key set; both names must already be valid.
+    pub(crate) fn new(prefix: &str, stream: &str) -> Self {
+        let base = format!("{prefix}:{{{stream}}}");
+        let stream = format!("{base}:stream");
+        Self { base, stream }
+    }
+
+    pub(crate) fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    pub(crate) fn dead_letter(&self, group: &str) -> String {
+        format!("{}:dlq:{group}", self.base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        for n in [
+            "orders",
+            "billing-v2",
+            "a.b_c:d",
+            "Ünïcode",
+            &"x".repeat(128),
+        ] {
+            assert!(validate_name("stream", n).is_ok(), "{n}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        for n in [
+            "",
+            "a{b",
+            "a}b",
+            "a b",
+            "a\tb",
+            "a\nb",
+            "a\u{7}b",
+            &"x".repeat(129),
+        ] {
+            assert!(
+                matches!(
+                    validate_name("group", n),
+                    Err(Error::InvalidName { kind: "group", .. })
+                ),
+                "{n:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_share_the_stream_hash_tag() {
+        let k = StreamKeys::new("bus", "orders");
+        assert_eq!(k.stream(), "bus:{orders}:stream");
+        assert_eq!(k.dead_letter("billing"), "bus:{orders}:dlq:billing");
+    }
+}

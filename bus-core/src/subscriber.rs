@@ -1,0 +1,438 @@
+//! Subscribers: the [`Subscriber`] trait the `#[subscriber]` macro implements, its
+//! [`SubscriberOptions`], the per-delivery [`Context`], and [`subscriber_fn`] for closures.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+
+use crate::error::HandlerError;
+use crate::event::Event;
+
+/// What a handler run produced.
+pub type HandlerResult = Result<(), HandlerError>;
+
+/// Where a new consumer group starts reading (R-4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StartFrom {
+    /// From the beginning of the retained stream (default): events published before the group's
+    /// first deploy are handled too.
+    #[default]
+    Beginning,
+    /// Only events published after the group was created.
+    NewEvents,
+}
+
+/// Settings of one subscriber (one consumer group on one stream).
+///
+/// ```
+/// use bus_core::SubscriberOptions;
+/// use std::time::Duration;
+///
+/// let opts = SubscriberOptions::new("billing")
+///     .concurrency(16)
+///     .max_attempts(5)
+///     .visibility_timeout(Duration::from_secs(30));
+/// assert_eq!(opts.group(), "billing");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberOptions {
+    group: String,
+    concurrency: usize,
+    max_attempts: u32,
+    visibility_timeout: Duration,
+    start: StartFrom,
+    block: Duration,
+}
+
+impl SubscriberOptions {
+    /// Defaults for `group`: concurrency 16, 5 attempts, 30 s visibility timeout, start from the
+    /// beginning of the stream, 2 s blocking reads.
+    pub fn new(group: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            concurrency: 16,
+            max_attempts: 5,
+            visibility_timeout: Duration::from_secs(30),
+            start: StartFrom::Beginning,
+            block: Duration::from_secs(2),
+        }
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Renames the consumer group.
+    #[must_use]
+    pub fn with_group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// Most handlers running at once in one worker process (back-pressure: the worker reads no more
+    /// than it can run). At least 1.
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Deliveries before an event is dead-lettered (default 5). At least 1.
+    #[must_use]
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// How long a delivery may stay unacknowledged without a heartbeat before another worker takes
+    /// it over (default 30 s).
+    #[must_use]
+    pub fn visibility_timeout(mut self, d: Duration) -> Self {
+        self.visibility_timeout = d;
+        self
+    }
+
+    /// Where a newly created group starts (default [`StartFrom::Beginning`]).
+    #[must_use]
+    pub fn start_from(mut self, start: StartFrom) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// How long one blocking read waits for new entries (default 2 s). Shorter values make idle
+    /// workers poll more often; they never delay delivery of new entries.
+    #[must_use]
+    pub fn block_timeout(mut self, d: Duration) -> Self {
+        self.block = d;
+        self
+    }
+
+    /// The concurrency limit.
+    pub fn get_concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// The attempt limit.
+    pub fn get_max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The visibility timeout.
+    pub fn get_visibility_timeout(&self) -> Duration {
+        self.visibility_timeout
+    }
+
+    /// Where a new group starts.
+    pub fn get_start_from(&self) -> StartFrom {
+        self.start
+    }
+
+    /// The blocking-read timeout.
+    pub fn get_block_timeout(&self) -> Duration {
+        self.block
+    }
+}
+
+/// What a handler knows about the delivery it is running.
+#[derive(Debug, Clone)]
+pub struct Context {
+    inner: Arc<ContextInner>,
+}
+
+#[derive(Debug, Clone)]
+struct ContextInner {
+    event_id: String,
+    event_type: String,
+    entry_id: String,
+    stream: String,
+    group: String,
+    consumer: String,
+    attempt: u32,
+    published_at_ms: u64,
+    headers: Vec<(String, String)>,
+}
+
+impl Context {
+    /// A builder for contexts, for unit-testing handlers without Redis.
+    ///
+    /// ```
+    /// let ctx = bus_core::Context::builder().attempt(3).header("tenant", "acme").build();
+    /// assert_eq!(ctx.attempt(), 3);
+    /// assert_eq!(ctx.header("tenant"), Some("acme"));
+    /// ```
+    pub fn builder() -> ContextBuilder {
+        ContextBuilder::default()
+    }
+
+    /// The producer-made event id (stable across retries and replays: use it for idempotency).
+    pub fn event_id(&self) -> &str {
+        &self.inner.event_id
+    }
+
+    /// The event's type name.
+    pub fn event_type(&self) -> &str {
+        &self.inner.event_type
+    }
+
+    /// The stream entry id.
+    pub fn entry_id(&self) -> &str {
+        &self.inner.entry_id
+    }
+
+    /// The stream name.
+    pub fn stream(&self) -> &str {
+        &self.inner.stream
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.inner.group
+    }
+
+    /// This worker's consumer name.
+    pub fn consumer(&self) -> &str {
+        &self.inner.consumer
+    }
+
+    /// Which delivery of this event to this group this is; the first is 1.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// When the producer published the event (producer clock).
+    pub fn published_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.inner.published_at_ms)
+    }
+
+    /// A header value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.inner
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All headers, in publish order.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.inner.headers
+    }
+}
+
+/// Builds a [`Context`]; see [`Context::builder`].
+#[derive(Debug, Clone)]
+pub struct ContextBuilder {
+    inner: ContextInner,
+}
+
+impl Default for ContextBuilder {
+    fn default() -> Self {
+        Self {
+            inner: ContextInner {
+                event_id: "00000000-0000-0000-0000-000000000000".into(),
+                event_type: String::new(),
+                entry_id: "0-1".into(),
+                stream: "test".into(),
+                group: "test".into(),
+                consumer: "test".into(),
+                attempt: 1,
+                published_at_ms: 0,
+                headers: Vec::new(),
+            },
+        }
+    }
+}
+
+macro_rules! setter {
+    ($name:ident, $ty:ty, $doc:literal) => {
+        #[doc = $doc]
+        #[must_use]
+        pub fn $name(mut self, v: impl Into<$ty>) -> Self {
+            self.inner.$name = v.into();
+            self
+        }
+    };
+}
+
+impl ContextBuilder {
+    setter!(event_id, String, "Sets the event id.");
+    setter!(event_type, String, "Sets the event type name.");
+    setter!(entry_id, String, "Sets the entry id.");
+    setter!(stream, String, "Sets the stream.");
+    setter!(group, String, "Sets the group.");
+    setter!(consumer, String, "Sets the consumer name.");
+
+    /// Sets the attempt number.
+    #[must_use]
+    pub fn attempt(mut self, attempt: u32) -> Self {
+        self.inner.attempt = attempt;
+        self
+    }
+
+    /// Sets the publish time (Unix ms).
+    #[must_use]
+    pub fn published_at_ms(mut self, ms: u64) -> Self {
+        self.inner.published_at_ms = ms;
+        self
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.inner.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The context.
+    pub fn build(self) -> Context {
+        Context {
+            inner: Arc::new(self.inner),
+        }
+    }
+}
+
+/// A handler bound to one event type and one consumer group. `#[subscriber]` implements it; so
+/// does [`subscriber_fn`].
+pub trait Subscriber: Send + Sync + 'static {
+    /// The event type handled.
+    type Event: Event;
+
+    /// Group and settings.
+    fn options(&self) -> SubscriberOptions;
+
+    /// Runs the handler for one delivery.
+    fn handle(&self, event: Self::Event, ctx: Context) -> BoxFuture<'_, HandlerResult>;
+}
+
+/// Converts what a handler returns into a [`HandlerResult`]: `()`, or `Result<T, E>` for any
+/// `E: Into<HandlerError>` (so any `std::error::Error`, `String` or `&str`).
+pub trait IntoHandlerResult {
+    /// The conversion.
+    fn into_handler_result(self) -> HandlerResult;
+}
+
+impl IntoHandlerResult for () {
+    fn into_handler_result(self) -> HandlerResult {
+        Ok(())
+    }
+}
+
+impl<T, E: Into<HandlerError>> IntoHandlerResult for Result<T, E> {
+    fn into_handler_result(self) -> HandlerResult {
+        self.map(|_| ()).map_err(Into::into)
+    }
+}
+
+/// A [`Subscriber`] made from a closure; see [`subscriber_fn`].
+pub struct FnSubscriber<E, F> {
+    options: SubscriberOptions,
+    f: F,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E, F> std::fmt::Debug for FnSubscriber<E, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnSubscriber")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes a subscriber from options and an async closure taking the event and an owned
+/// [`Context`].
+///
+/// ```
+/// use bus_core::{subscriber_fn, Event, SubscriberOptions};
+/// # #[derive(serde::Serialize, serde::Deserialize, Event)]
+/// # #[event(stream = "orders")]
+/// # struct OrderPlaced { order_id: u64 }
+///
+/// let audit = subscriber_fn(SubscriberOptions::new("audit"), |e: OrderPlaced, ctx| async move {
+///     tracing::info!(order = e.order_id, attempt = ctx.attempt(), "audited");
+///     Ok::<_, std::io::Error>(())
+/// });
+/// # let _ = audit;
+/// ```
+pub fn subscriber_fn<E, F, Fut, R>(options: SubscriberOptions, f: F) -> FnSubscriber<E, F>
+where
+    E: Event,
+    F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoHandlerResult,
+{
+    FnSubscriber {
+        options,
+        f,
+        _event: PhantomData,
+    }
+}
+
+impl<E, F, Fut, R> Subscriber for FnSubscriber<E, F>
+where
+    E: Event,
+    F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoHandlerResult,
+{
+    type Event = E;
+
+    fn options(&self) -> SubscriberOptions {
+        self.options.clone()
+    }
+
+    fn handle(&self, event: E, ctx: Context) -> BoxFuture<'_, HandlerResult> {
+        let fut = (self.f)(event, ctx);
+        Box::pin(async move { fut.await.into_handler_result() })
+    }
+}
+
+/// A subscriber with some options replaced; see [`Worker::subscribe_with`](crate::Worker::subscribe_with).
+pub(crate) struct Configured<S> {
+    pub(crate) inner: S,
+    pub(crate) options: SubscriberOptions,
+}
+
+impl<S: Subscriber> Subscriber for Configured<S> {
+    type Event = S::Event;
+
+    fn options(&self) -> SubscriberOptions {
+        self.options.clone()
+    }
+
+    fn handle(&self, event: S::Event, ctx: Context) -> BoxFuture<'_, HandlerResult> {
+        self.inner.handle(event, ctx)
+    }
+}
+
+/// Builds the context for one delivery.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn make_context(
+    event_id: String,
+    event_type: String,
+    entry_id: String,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    attempt: u32,
+    published_at_ms: u64,
+    headers: Vec<(String, String)>,
+) -> Context {
+    Context {
+        inner: Arc::new(ContextInner {
+            event_id,
+            event_type,
+            entry_id,
+            stream: stream.to_owned(),
+            group: group.to_owned(),
+            consumer: consumer.to_owned(),
+            attempt,
+            published_at_ms,
+            headers,
+        }),
+    }
+}

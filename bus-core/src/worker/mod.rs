@@ -1,0 +1,324 @@
+//! The worker runtime: runs any number of subscribers (several groups, several streams) in one
+//! process.
+//!
+//! Per subscriber: the group is created if missing (R-4.2); one task reads with `XREADGROUP …
+//! BLOCK` on a connection used only for that (R-4.3) and never reads more entries than it has free
+//! handler slots (`concurrency`); each entry runs in its own task (panics are caught); successes
+//! are acknowledged in batches; undecodable entries and rejected events go to the group's
+//! dead-letter stream at once.
+
+mod acker;
+mod consumer;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use fred::prelude::*;
+use fred::types::ClientUnblockFlag;
+
+use crate::bus::Bus;
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::names::validate_name;
+use crate::subscriber::{Configured, Context, HandlerResult, Subscriber, SubscriberOptions};
+
+/// What running one entry through a subscriber gave.
+pub(crate) enum Dispatch {
+    Done(HandlerResult),
+    Undecodable(String),
+}
+
+/// A subscriber with its event type erased, so one worker can hold many.
+pub(crate) trait Erased: Send + Sync + 'static {
+    fn stream(&self) -> &'static str;
+    fn event_name(&self) -> &'static str;
+    fn options(&self) -> SubscriberOptions;
+    fn dispatch(&self, envelope: Envelope, ctx: Context) -> BoxFuture<'_, Dispatch>;
+}
+
+impl<S: Subscriber> Erased for S {
+    fn stream(&self) -> &'static str {
+        <S::Event as Event>::STREAM
+    }
+
+    fn event_name(&self) -> &'static str {
+        <S::Event as Event>::NAME
+    }
+
+    fn options(&self) -> SubscriberOptions {
+        Subscriber::options(self)
+    }
+
+    fn dispatch(&self, envelope: Envelope, ctx: Context) -> BoxFuture<'_, Dispatch> {
+        Box::pin(async move {
+            match envelope.codec.decode::<S::Event>(&envelope.payload) {
+                Ok(event) => Dispatch::Done(self.handle(event, ctx).await),
+                Err(e) => Dispatch::Undecodable(e.to_string()),
+            }
+        })
+    }
+}
+
+/// A worker process's set of subscribers. Build it with [`Bus::worker`], add subscribers, then
+/// [`run`](Worker::run) it (or [`start`](Worker::start) it and keep the handle).
+///
+/// ```no_run
+/// use bus_core::{subscriber, Bus, Context, Event, HandlerError};
+/// # #[derive(serde::Serialize, serde::Deserialize, Event)]
+/// # #[event(stream = "orders")]
+/// # struct OrderPlaced { order_id: u64 }
+///
+/// #[subscriber(group = "billing", concurrency = 8)]
+/// async fn charge(order: OrderPlaced, ctx: &Context) -> Result<(), HandlerError> {
+///     tracing::info!(order = order.order_id, attempt = ctx.attempt(), "charging");
+///     Ok(())
+/// }
+///
+/// # async fn demo() -> bus_core::Result<()> {
+/// let bus = Bus::connect("redis://127.0.0.1:6379").await?;
+/// bus.worker()
+///     .subscribe(charge::subscriber())
+///     .run(bus_core::shutdown_signal())   // Ctrl-C / SIGTERM: stop reading, finish, ack
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Worker {
+    bus: Bus,
+    subs: Vec<Arc<dyn Erased>>,
+    consumer: Option<String>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("subscribers", &self.subs.len())
+            .field("consumer", &self.consumer)
+            .field("grace", &self.grace)
+            .finish()
+    }
+}
+
+/// A unique consumer name for this process: `host:pid:random` (R-4.9).
+pub fn default_consumer_name() -> String {
+    let host: String = gethostname::gethostname()
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() || c == '{' || c == '}' {
+                '-'
+            } else {
+                c
+            }
+        })
+        .take(64)
+        .collect();
+    let host = if host.is_empty() {
+        "host".to_owned()
+    } else {
+        host
+    };
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &rand[..8])
+}
+
+impl Worker {
+    pub(crate) fn new(bus: &Bus) -> Self {
+        Self {
+            bus: bus.clone(),
+            subs: Vec::new(),
+            consumer: None,
+            grace: Duration::from_secs(30),
+        }
+    }
+
+    /// Adds a subscriber (from `#[subscriber]`: `handler::subscriber()`, or [`subscriber_fn`](crate::subscriber_fn)).
+    #[must_use]
+    pub fn subscribe<S: Subscriber>(mut self, subscriber: S) -> Self {
+        self.subs.push(Arc::new(subscriber));
+        self
+    }
+
+    /// Adds a subscriber with some of its options changed (for example the concurrency from
+    /// configuration).
+    #[must_use]
+    pub fn subscribe_with<S: Subscriber>(
+        self,
+        subscriber: S,
+        change: impl FnOnce(SubscriberOptions) -> SubscriberOptions,
+    ) -> Self {
+        let options = change(subscriber.options());
+        self.subscribe(Configured {
+            inner: subscriber,
+            options,
+        })
+    }
+
+    /// Sets the consumer name (default: `host:pid:random`). Never give two live processes the same
+    /// name.
+    #[must_use]
+    pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
+        self.consumer = Some(name.into());
+        self
+    }
+
+    /// How long shutdown waits for running handlers before it gives up on them (default 30 s);
+    /// their entries are then made reclaimable at once.
+    #[must_use]
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Checks the configuration, creates the consumer groups and starts reading. Returns once every
+    /// subscriber's group exists and its reader is connected.
+    pub async fn start(self) -> Result<WorkerHandle> {
+        let consumer = self.consumer.clone().unwrap_or_else(default_consumer_name);
+        validate_name("consumer", &consumer)?;
+        if self.subs.is_empty() {
+            return Err(Error::Config(
+                "a worker needs at least one subscriber".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for sub in &self.subs {
+            let opts = sub.options();
+            validate_name("stream", sub.stream())?;
+            validate_name("group", opts.group())?;
+            if opts.get_concurrency() == 0 {
+                return Err(Error::Config(format!(
+                    "subscriber {}/{}: concurrency must be at least 1",
+                    sub.stream(),
+                    opts.group()
+                )));
+            }
+            if opts.get_max_attempts() == 0 {
+                return Err(Error::Config(format!(
+                    "subscriber {}/{}: max_attempts must be at least 1",
+                    sub.stream(),
+                    opts.group()
+                )));
+            }
+            if !seen.insert((sub.stream(), opts.group().to_owned())) {
+                return Err(Error::Config(format!(
+                    "two subscribers for stream {} and group {} in one worker",
+                    sub.stream(),
+                    opts.group()
+                )));
+            }
+        }
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut subs = Vec::with_capacity(self.subs.len());
+        for sub in self.subs {
+            let rt = consumer::Runtime::prepare(
+                &self.bus,
+                sub,
+                Arc::from(consumer.as_str()),
+                self.grace,
+                stop_rx.clone(),
+            )
+            .await;
+            match rt {
+                Ok(rt) => subs.push(rt),
+                Err(e) => {
+                    for rt in subs {
+                        rt.close().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let mut running = Vec::with_capacity(subs.len());
+        for rt in subs {
+            let reader = rt.reader().clone();
+            let reading = rt.reading_flag();
+            let task = tokio::spawn(rt.run());
+            running.push(Running {
+                reader,
+                reading,
+                task,
+            });
+        }
+        tracing::info!(consumer = %consumer, subscribers = running.len(), "worker started");
+        Ok(WorkerHandle {
+            consumer,
+            stop: stop_tx,
+            running,
+        })
+    }
+
+    /// Runs until `shutdown` resolves, then shuts down gracefully: stops reading, lets running
+    /// handlers finish (within the grace period), flushes acknowledgements, makes unfinished
+    /// entries reclaimable at once and removes this consumer from its groups if it owns nothing.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let handle = self.start().await?;
+        shutdown.await;
+        handle.shutdown().await
+    }
+}
+
+struct Running {
+    reader: Client,
+    reading: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+/// A started worker; [`shutdown`](WorkerHandle::shutdown) stops it gracefully.
+#[derive()]
+pub struct WorkerHandle {
+    consumer: String,
+    stop: watch::Sender<bool>,
+    running: Vec<Running>,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("consumer", &self.consumer)
+            .field("subscribers", &self.running.len())
+            .finish()
+    }
+}
+
+impl WorkerHandle {
+    /// This worker's consumer name.
+    pub fn consumer_name(&self) -> &str {
+        &self.consumer
+    }
+
+    /// Graceful shutdown; see [`Worker::run`].
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        // Interrupt blocked reads (CLIENT UNBLOCK … TIMEOUT: the read returns empty, nothing is
+        // delivered). Repeat until each reader has seen the stop flag, since an unblock sent just
+        // before a read starts has nothing to interrupt.
+        let unblock = self.running.iter().map(|r| async move {
+            while r.reading.load(Ordering::Acquire) {
+                let _ = r
+                    .reader
+                    .unblock_self(Some(ClientUnblockFlag::Timeout))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        });
+        futures::future::join_all(unblock).await;
+        let mut result = Ok(());
+        for r in self.running {
+            if let Err(e) = r.task.await {
+                tracing::error!(error = %e, "subscriber task failed");
+                result = Err(Error::Config(format!("subscriber task failed: {e}")));
+            }
+        }
+        tracing::info!(consumer = %self.consumer, "worker stopped");
+        result
+    }
+}

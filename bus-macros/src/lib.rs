@@ -1,0 +1,35 @@
+//! Procedural macros for Streambus. Use them through `bus_core` (`bus_core::subscriber`,
+//! `bus_core::Event`), which re-exports them.
+
+mod args;
+mod event;
+mod expand;
+mod validate;
+
+use proc_macro::TokenStream;
+
+/// Declares a subscriber: an `async fn` handling one event type for one consumer group.
+///
+/// ```ignore
+/// #[subscriber(group = "billing", concurrency = 16, max_attempts = 5, visibility_timeout = "30s")]
+/// async fn charge(order: OrderPlaced, ctx: &Context) -> Result<(), HandlerError> { … }
+/// ```
+///
+/// Options: `group` (required), `concurrency`, `max_attempts`, `visibility_timeout` and
+/// `block_timeout` (durations such as `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1m30s"`), `start`
+/// (`"beginning"` or `"new"`). The first argument is the event (by value); an optional second one
+/// is `&Context`. The function stays callable as written; the macro adds a companion type of the
+/// same name whose `subscriber()` returns the value to register: `worker.subscribe(charge::subscriber())`.
+///
+/// Set `BUS_MACROS_DEBUG=1` while building to print the expansion.
+#[proc_macro_attribute]
+pub fn subscriber(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::subscriber(args.into(), item.into()).into()
+}
+
+/// Derives `bus_core::Event`: `#[event(stream = "orders")]`, optionally `name = "OrderPlaced"`
+/// (default: the type's name).
+#[proc_macro_derive(Event, attributes(event))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    event::derive(input.into()).into()
+}
