@@ -46,11 +46,13 @@ pub struct SubscriberOptions {
     visibility_timeout: Duration,
     start: StartFrom,
     block: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
 }
 
 impl SubscriberOptions {
-    /// Defaults for `group`: concurrency 16, 5 attempts, 30 s visibility timeout, start from the
-    /// beginning of the stream, 2 s blocking reads.
+    /// Defaults for `group`: concurrency 16, 5 attempts, 30 s visibility timeout, retry backoff
+    /// from 1 s to 5 min, start from the beginning of the stream, 2 s blocking reads.
     pub fn new(group: impl Into<String>) -> Self {
         Self {
             group: group.into(),
@@ -59,6 +61,8 @@ impl SubscriberOptions {
             visibility_timeout: Duration::from_secs(30),
             start: StartFrom::Beginning,
             block: Duration::from_secs(2),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
         }
     }
 
@@ -110,6 +114,26 @@ impl SubscriberOptions {
     pub fn block_timeout(mut self, d: Duration) -> Self {
         self.block = d;
         self
+    }
+
+    /// Shortest retry delay (default 1 s): attempt `n` fails → the next runs after about
+    /// `backoff_min × 2^(n-1)`, capped at [`backoff_max`](Self::backoff_max), with jitter.
+    #[must_use]
+    pub fn backoff_min(mut self, d: Duration) -> Self {
+        self.backoff_min = d;
+        self
+    }
+
+    /// Longest retry delay (default 5 min).
+    #[must_use]
+    pub fn backoff_max(mut self, d: Duration) -> Self {
+        self.backoff_max = d;
+        self
+    }
+
+    /// The retry backoff bounds `(min, max)`.
+    pub fn get_backoff(&self) -> (Duration, Duration) {
+        (self.backoff_min, self.backoff_max)
     }
 
     /// The concurrency limit.

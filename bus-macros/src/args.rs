@@ -20,9 +20,11 @@ pub(crate) struct SubscriberArgs {
     pub(crate) visibility_timeout_ms: Option<Spanned<u64>>,
     pub(crate) block_timeout_ms: Option<Spanned<u64>>,
     pub(crate) start_new: Option<Spanned<bool>>,
+    pub(crate) backoff_min_ms: Option<Spanned<u64>>,
+    pub(crate) backoff_max_ms: Option<Spanned<u64>>,
 }
 
-const KNOWN: &str = "group, concurrency, max_attempts, visibility_timeout, block_timeout, start";
+const KNOWN: &str = "group, concurrency, max_attempts, visibility_timeout, block_timeout, backoff_min, backoff_max, start";
 
 fn set<T>(slot: &mut Option<Spanned<T>>, key: &Ident, value: T, span: Span) -> syn::Result<()> {
     if slot.is_some() {
@@ -117,6 +119,14 @@ impl SubscriberArgs {
                         duration(&lit)?,
                         lit.span(),
                     )
+                }
+                "backoff_min" => {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    set(&mut args.backoff_min_ms, &key, duration(&lit)?, lit.span())
+                }
+                "backoff_max" => {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    set(&mut args.backoff_max_ms, &key, duration(&lit)?, lit.span())
                 }
                 "start" => {
                     let lit: LitStr = meta.value()?.parse()?;

@@ -57,6 +57,14 @@ fn generate(a: &SubscriberArgs, c: &Checked, f: &ItemFn) -> TokenStream {
         let ms = v.value;
         setters.push(quote!(.block_timeout(#p::Duration::from_millis(#ms))));
     }
+    if let Some(v) = &a.backoff_min_ms {
+        let ms = v.value;
+        setters.push(quote!(.backoff_min(#p::Duration::from_millis(#ms))));
+    }
+    if let Some(v) = &a.backoff_max_ms {
+        let ms = v.value;
+        setters.push(quote!(.backoff_max(#p::Duration::from_millis(#ms))));
+    }
     if let Some(v) = &a.start_new {
         if v.value {
             setters.push(quote!(.start_from(::bus_core::StartFrom::NewEvents)));

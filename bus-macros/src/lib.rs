@@ -15,9 +15,9 @@ use proc_macro::TokenStream;
 /// async fn charge(order: OrderPlaced, ctx: &Context) -> Result<(), HandlerError> { … }
 /// ```
 ///
-/// Options: `group` (required), `concurrency`, `max_attempts`, `visibility_timeout` and
-/// `block_timeout` (durations such as `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1m30s"`), `start`
-/// (`"beginning"` or `"new"`). The first argument is the event (by value); an optional second one
+/// Options: `group` (required), `concurrency`, `max_attempts`, and the durations
+/// `visibility_timeout`, `block_timeout`, `backoff_min`, `backoff_max` (written like `"500ms"`,
+/// `"30s"`, `"5m"`, `"1h"`, `"1m30s"`), and `start` (`"beginning"` or `"new"`). The first argument is the event (by value); an optional second one
 /// is `&Context`. The function stays callable as written; the macro adds a companion type of the
 /// same name whose `subscriber()` returns the value to register: `worker.subscribe(charge::subscriber())`.
 ///

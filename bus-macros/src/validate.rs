@@ -82,6 +82,15 @@ pub(crate) fn check(args: &SubscriberArgs, f: &ItemFn, attr_span: Span) -> syn::
         }
     }
 
+    if let (Some(lo), Some(hi)) = (&args.backoff_min_ms, &args.backoff_max_ms) {
+        if lo.value > hi.value {
+            errors.push(syn::Error::new(
+                hi.span,
+                "backoff_max must not be below backoff_min",
+            ));
+        }
+    }
+
     let sig = &f.sig;
     if sig.asyncness.is_none() {
         errors.push(syn::Error::new(

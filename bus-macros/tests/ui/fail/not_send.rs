@@ -1,0 +1,18 @@
+use bus_core::{subscriber, Event, HandlerError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Event)]
+#[event(stream = "orders")]
+struct OrderPlaced {
+    id: u64,
+}
+
+#[subscriber(group = "billing")]
+async fn charge(_e: OrderPlaced) -> Result<(), HandlerError> {
+    let rc = std::rc::Rc::new(1);
+    async {}.await;
+    drop(rc);
+    Ok(())
+}
+
+fn main() {}
