@@ -83,19 +83,41 @@ impl DeadLetter {
     }
 }
 
-impl Bus {
-    /// The oldest `limit` dead letters of a group on a stream.
-    pub async fn dead_letters(
-        &self,
-        stream: &str,
-        group: &str,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>> {
-        let key = self.dead_letter_key(stream, group)?;
+/// One group's dead-letter stream: list, count, replay, purge (R-5.3).
+///
+/// ```no_run
+/// # async fn demo(bus: bus_core::Bus) -> bus_core::Result<()> {
+/// let dlq = bus.dead_letters("orders", "billing")?;
+/// for d in dlq.list(10).await? {
+///     println!("{} failed {} times: {} ({})", d.entry_id, d.attempts, d.error, d.reason);
+/// }
+/// dlq.replay_all().await?;   // back to `billing` only, attempts start again at 1
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    bus: Bus,
+    group: String,
+    stream_key: String,
+    key: String,
+}
+
+/// Most ids per replay or purge call.
+const CHUNK: usize = 100;
+
+impl DeadLetters {
+    /// The oldest `limit` dead letters.
+    pub async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.range("-", limit).await
+    }
+
+    /// Up to `limit` dead letters from id `start` on (inclusive), for paging.
+    pub async fn range(&self, start: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         let reply: Value = self
+            .bus
             .inner
             .client
-            .xrange(key.as_str(), "-", "+", Some(limit as u64))
+            .xrange(self.key.as_str(), start, "+", Some(limit as u64))
             .await?;
         Ok(redis::parse_entries(reply)
             .into_iter()
@@ -103,9 +125,74 @@ impl Bus {
             .collect())
     }
 
-    /// How many dead letters a group has on a stream.
-    pub async fn dead_letter_count(&self, stream: &str, group: &str) -> Result<u64> {
-        let key = self.dead_letter_key(stream, group)?;
-        Ok(self.inner.client.xlen(key.as_str()).await?)
+    /// How many dead letters there are.
+    pub async fn count(&self) -> Result<u64> {
+        Ok(self.bus.inner.client.xlen(self.key.as_str()).await?)
+    }
+
+    /// Sends the given dead letters (by [`DeadLetter::id`]) back to this group only: other groups
+    /// of the stream never run them again, and attempts start again at 1. Each is removed from the
+    /// dead-letter stream in the same atomic step. Returns how many were replayed.
+    pub async fn replay(&self, ids: &[String]) -> Result<u64> {
+        let mut n = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let mut args = vec![Value::from(self.group.as_str())];
+            args.extend(chunk.iter().map(|id| Value::from(id.as_str())));
+            let r = redis::eval(
+                redis::replay_script(),
+                &self.bus.inner.client,
+                vec![self.stream_key.clone(), self.key.clone()],
+                args,
+            )
+            .await?;
+            n += r.as_u64().unwrap_or(0);
+        }
+        Ok(n)
+    }
+
+    /// Replays every dead letter; see [`replay`](Self::replay).
+    pub async fn replay_all(&self) -> Result<u64> {
+        let mut n = 0;
+        loop {
+            let ids: Vec<String> = self.list(CHUNK).await?.into_iter().map(|d| d.id).collect();
+            if ids.is_empty() {
+                return Ok(n);
+            }
+            n += self.replay(&ids).await?;
+        }
+    }
+
+    /// Deletes the given dead letters. Returns how many were deleted.
+    pub async fn purge(&self, ids: &[String]) -> Result<u64> {
+        let mut n = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let deleted: u64 = self
+                .bus
+                .inner
+                .client
+                .xdel(self.key.as_str(), chunk.to_vec())
+                .await?;
+            n += deleted;
+        }
+        Ok(n)
+    }
+
+    /// Deletes every dead letter of this group. Returns how many there were.
+    pub async fn purge_all(&self) -> Result<u64> {
+        let n = self.count().await?;
+        let _: u64 = self.bus.inner.client.del(self.key.as_str()).await?;
+        Ok(n)
+    }
+}
+
+impl Bus {
+    /// The dead letters of `group` on `stream`.
+    pub fn dead_letters(&self, stream: &str, group: &str) -> Result<DeadLetters> {
+        Ok(DeadLetters {
+            bus: self.clone(),
+            group: group.to_owned(),
+            stream_key: self.stream_key(stream)?,
+            key: self.dead_letter_key(stream, group)?,
+        })
     }
 }

@@ -9,6 +9,7 @@
 //! | `ct` | payload codec: `msgpack` or `json` |
 //! | `p` | the payload |
 //! | `h:<name>` | one field per header (e.g. `h:traceparent`) |
+//! | `to` | only on replayed dead letters: the one group that should handle the entry |
 
 use fred::bytes::Bytes;
 use fred::types::Value;
@@ -42,6 +43,8 @@ pub(crate) struct Envelope {
     pub(crate) codec: Codec,
     pub(crate) payload: Bytes,
     pub(crate) headers: Vec<(String, String)>,
+    /// Set on replayed dead letters: only this group handles the entry.
+    pub(crate) to: Option<String>,
 }
 
 /// Builds the field list of a new entry.
@@ -80,6 +83,7 @@ pub(crate) fn decode(fields: &[(Bytes, Bytes)]) -> Result<Envelope> {
     let mut codec = None;
     let mut payload = None;
     let mut headers = Vec::new();
+    let mut to = None;
     for (k, v) in fields {
         match k.as_ref() {
             b"v" => version = Some(v),
@@ -88,6 +92,7 @@ pub(crate) fn decode(fields: &[(Bytes, Bytes)]) -> Result<Envelope> {
             b"ts" => ts = Some(v),
             b"ct" => codec = Some(v),
             b"p" => payload = Some(v),
+            b"to" => to = Some(String::from_utf8_lossy(v).into_owned()),
             other => {
                 if let Some(name) = other.strip_prefix(HEADER_PREFIX.as_bytes()) {
                     if let (Ok(name), Ok(value)) =
@@ -127,6 +132,7 @@ pub(crate) fn decode(fields: &[(Bytes, Bytes)]) -> Result<Envelope> {
         codec,
         payload,
         headers,
+        to,
     })
 }
 

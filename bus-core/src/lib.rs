@@ -90,7 +90,7 @@ mod worker;
 
 pub use bus::{Bus, BusBuilder, PublishOptions, Published, DEFAULT_MAX_PAYLOAD};
 pub use codec::Codec;
-pub use dead_letter::DeadLetter;
+pub use dead_letter::{DeadLetter, DeadLetters};
 pub use error::{Action, BoxError, Error, HandlerError, RedisError, Result};
 pub use event::Event;
 pub use names::{validate_name, MAX_NAME_LEN};

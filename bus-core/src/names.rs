@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `<prefix>:{<stream>}:stream` | stream | the events |
 //! | `<prefix>:{<stream>}:dlq:<group>` | stream | the group's dead letters |
+//! | `<prefix>:{<stream>}:retry:<group>` | hash | entry id → `due ms|last error` for entries waiting for a retry |
 //! | `<prefix>:{<stream>}:delayed` | sorted set | delayed publishes (reserved) |
 //! | `<prefix>:{<stream>}:status:<event id>` | hash | per-event status (reserved) |
 
@@ -67,6 +68,10 @@ impl StreamKeys {
 
     pub(crate) fn dead_letter(&self, group: &str) -> String {
         format!("{}:dlq:{group}", self.base)
+    }
+
+    pub(crate) fn retries(&self, group: &str) -> String {
+        format!("{}:retry:{group}", self.base)
     }
 }
 

@@ -136,52 +136,222 @@ pub(crate) async fn eval(
         .map_err(Error::from)
 }
 
-/// Moves a pending entry to a dead-letter stream and acknowledges it, atomically (R-5.1), fenced
-/// by ownership (R-4.11).
+/// Lua helpers shared by the scripts below (prepended to each).
 ///
-/// KEYS: stream, dead-letter stream. ARGV: group, entry id, consumer, reason, error, attempts.
-/// Returns 1 when moved, -1 when the entry is no longer pending, -2 when another consumer owns it.
-const DEAD_LETTER_LUA: &str = r#"
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 then return -1 end
-if p[1][2] ~= ARGV[3] then return -2 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local args = {'XADD', KEYS[2], '*',
-  'dl.group', ARGV[1], 'dl.entry_id', ARGV[2], 'dl.attempts', ARGV[6],
-  'dl.reason', ARGV[4], 'dl.error', ARGV[5], 'dl.failed_at', string.format('%d', now),
-  'dl.consumer', ARGV[3]}
-local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-if #e > 0 then
-  local f = e[1][2]
-  local n = #f
-  if n > 7000 then n = 7000; args[#args + 1] = 'dl.truncated'; args[#args + 1] = '1' end
-  for i = 1, n do args[#args + 1] = f[i] end
-else
-  args[#args + 1] = 'dl.missing'; args[#args + 1] = '1'
+/// `owned` reads an entry's pending row and returns its delivery count when `me` owns it, or a
+/// negative code: -1 not pending (acknowledged, or never delivered), -2 owned by another consumer.
+/// `dead_letter` copies the original fields into the dead-letter stream after the metadata and
+/// acknowledges the entry, in the same script (R-5.1).
+const LUA_PRELUDE: &str = r#"
+local function owned(stream, group, id, me)
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  if #p == 0 then return -1 end
+  if p[1][2] ~= me then return -2 end
+  return tonumber(p[1][4])
 end
-redis.call(unpack(args))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function dead_letter(stream, dlq, retries, group, id, me, reason, err, attempts)
+  local args = {'XADD', dlq, '*',
+    'dl.group', group, 'dl.entry_id', id, 'dl.attempts', tostring(attempts),
+    'dl.reason', reason, 'dl.error', err, 'dl.failed_at', string.format('%d', now_ms()),
+    'dl.consumer', me}
+  local e = redis.call('XRANGE', stream, id, id)
+  if #e > 0 then
+    local f = e[1][2]
+    local n = #f
+    if n > 7000 then n = 7000; args[#args + 1] = 'dl.truncated'; args[#args + 1] = '1' end
+    for i = 1, n do args[#args + 1] = f[i] end
+  else
+    args[#args + 1] = 'dl.missing'; args[#args + 1] = '1'
+  end
+  redis.call(unpack(args))
+  redis.call('XACK', stream, group, id)
+  redis.call('HDEL', retries, id)
+end
+"#;
+
+/// Dead-letters an entry this consumer owns, fenced by owner and delivery count (R-4.11).
+///
+/// KEYS: stream, dead-letter stream, retry hash. ARGV: group, entry id, consumer, reason, error,
+/// expected delivery count (`""` = any). Returns 1 when moved, -1 not pending, -2 another owner,
+/// -3 delivered again since (a newer attempt owns the outcome).
+const DEAD_LETTER_LUA: &str = r#"
+local c = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if c < 0 then return c end
+if ARGV[6] ~= '' and c ~= tonumber(ARGV[6]) then return -3 end
+dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], c)
 return 1
 "#;
 
-/// Deletes a consumer from its group only if it owns no pending entries (R-4.8, R-4.9).
-/// KEYS: stream. ARGV: group, consumer. Returns 1 when deleted, 0 when it still owns entries.
+/// Schedules a retry of an entry this consumer owns, fenced by owner and delivery count: records
+/// `due|error` in the retry hash (due on Redis's clock) and renews the lease.
+///
+/// KEYS: stream, retry hash. ARGV: group, entry id, consumer, delivery count, delay ms, error.
+/// Returns the due time (ms), or -1/-2/-3 as for the dead-letter script.
+const RETRY_LUA: &str = r#"
+local c = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if c < 0 then return c end
+if c ~= tonumber(ARGV[4]) then return -3 end
+local due = now_ms() + tonumber(ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', due) .. '|' .. ARGV[6])
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+return due
+"#;
+
+/// Takes an entry this consumer holds (claimed or waiting for its retry) for a new attempt: checks
+/// the attempt limit first (R-4.5) and dead-letters instead of running when it is used up;
+/// otherwise claims it with a delivery-count bump and returns the entry.
+///
+/// KEYS: stream, dead-letter stream, retry hash. ARGV: group, entry id, consumer, max attempts.
+/// Returns `{1, count, fields}` to run, `{0, attempts}` when dead-lettered, `{-1}`/`{-2}` when not
+/// ours, `{-3}` when the entry was deleted while pending (acknowledged away).
+const TAKE_LUA: &str = r#"
+local c = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if c < 0 then return {c} end
+if c + 1 > tonumber(ARGV[4]) then
+  local info = redis.call('HGET', KEYS[3], ARGV[2])
+  local err = 'no outcome: the worker stopped or lost its lease during the attempt'
+  if info then
+    local sep = string.find(info, '|', 1, true)
+    if sep then err = string.sub(info, sep + 1) end
+  end
+  dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], 'max_attempts', err, c)
+  return {0, c}
+end
+local e = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2])
+if #e == 0 or not e[1] or not e[1][2] then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2])
+  return {-3}
+end
+return {1, c + 1, e[1][2]}
+"#;
+
+/// Renews the leases of entries this consumer still owns (XCLAIM … JUSTID resets the idle time
+/// without counting a delivery) and returns the ids it no longer owns (R-4.7, R-8.5).
+///
+/// KEYS: stream. ARGV: group, consumer, ids…
+const RENEW_LUA: &str = r#"
+local lost = {}
+for i = 3, #ARGV do
+  local c = owned(KEYS[1], ARGV[1], ARGV[i], ARGV[2])
+  if c < 0 then
+    lost[#lost + 1] = ARGV[i]
+  else
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  end
+end
+return lost
+"#;
+
+/// Makes entries this consumer still owns reclaimable at once (R-4.8): idle far beyond any
+/// visibility timeout, no delivery counted. Entries another consumer owns are left alone.
+///
+/// KEYS: stream. ARGV: group, consumer, ids…  Returns how many were released.
+const RELEASE_LUA: &str = r#"
+local n = 0
+for i = 3, #ARGV do
+  if owned(KEYS[1], ARGV[1], ARGV[i], ARGV[2]) >= 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', 4294967295, 'JUSTID')
+    n = n + 1
+  end
+end
+return n
+"#;
+
+/// Deletes a consumer from its group only if it owns no pending entries (R-4.8, R-4.9), and only
+/// if it has been idle at least ARGV[3] ms (0 = any).
+/// KEYS: stream. ARGV: group, consumer, min idle ms. Returns 1 when deleted, 0 otherwise.
 const DELETE_IDLE_CONSUMER_LUA: &str = r#"
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
 if #p > 0 then return 0 end
+if tonumber(ARGV[3]) > 0 then
+  local cs = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+  for _, c in ipairs(cs) do
+    local name, idle = nil, nil
+    for j = 1, #c, 2 do
+      if c[j] == 'name' then name = c[j + 1] elseif c[j] == 'idle' then idle = c[j + 1] end
+    end
+    if name == ARGV[2] and idle and idle < tonumber(ARGV[3]) then return 0 end
+  end
+end
 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#;
 
-pub(crate) fn dead_letter_script() -> &'static Script {
-    static S: OnceLock<Script> = OnceLock::new();
-    S.get_or_init(|| Script::from_lua(DEAD_LETTER_LUA))
+/// Re-publishes dead letters to their group only (R-5.3): the original fields go back into the
+/// stream as a new entry addressed to the group (field `to`), so other groups skip it and the
+/// attempt count starts again; the dead letter is deleted in the same step.
+/// KEYS: stream, dead-letter stream. ARGV: group, dead-letter ids…  Returns how many were replayed.
+const REPLAY_LUA: &str = r#"
+local n = 0
+for i = 2, #ARGV do
+  local e = redis.call('XRANGE', KEYS[2], ARGV[i], ARGV[i])
+  if #e > 0 then
+    local f = e[1][2]
+    local args = {'XADD', KEYS[1], '*'}
+    local has = false
+    for j = 1, #f, 2 do
+      local k = f[j]
+      if string.sub(k, 1, 3) ~= 'dl.' and k ~= 'to' then
+        args[#args + 1] = k; args[#args + 1] = f[j + 1]; has = true
+      end
+    end
+    if has then
+      args[#args + 1] = 'to'; args[#args + 1] = ARGV[1]
+      redis.call(unpack(args))
+    end
+    redis.call('XDEL', KEYS[2], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"#;
+
+macro_rules! script {
+    ($name:ident, $body:ident) => {
+        pub(crate) fn $name() -> &'static Script {
+            static S: OnceLock<Script> = OnceLock::new();
+            S.get_or_init(|| Script::from_lua(format!("{LUA_PRELUDE}{}", $body)))
+        }
+    };
 }
 
-pub(crate) fn delete_idle_consumer_script() -> &'static Script {
-    static S: OnceLock<Script> = OnceLock::new();
-    S.get_or_init(|| Script::from_lua(DELETE_IDLE_CONSUMER_LUA))
+script!(dead_letter_script, DEAD_LETTER_LUA);
+script!(retry_script, RETRY_LUA);
+script!(take_script, TAKE_LUA);
+script!(renew_script, RENEW_LUA);
+script!(release_script, RELEASE_LUA);
+script!(delete_idle_consumer_script, DELETE_IDLE_CONSUMER_LUA);
+script!(replay_script, REPLAY_LUA);
+
+/// Parses an XAUTOCLAIM … JUSTID reply: `(next cursor, claimed ids, deleted ids)`. Redis 6.2
+/// sends no deleted list.
+pub(crate) fn parse_autoclaim_justid(v: Value) -> Option<(String, Vec<String>, Vec<String>)> {
+    let Value::Array(mut parts) = v else {
+        return None;
+    };
+    if parts.len() < 2 {
+        return None;
+    }
+    let deleted = if parts.len() >= 3 { parts.pop() } else { None };
+    let ids = parts.pop()?;
+    let cursor = value_string(parts.pop()?)?;
+    let strings = |v: Value| -> Vec<String> {
+        match v {
+            Value::Array(a) => a.into_iter().filter_map(value_string).collect(),
+            _ => Vec::new(),
+        }
+    };
+    Ok::<_, ()>((
+        cursor,
+        strings(ids),
+        deleted.map(strings).unwrap_or_default(),
+    ))
+    .ok()
 }
 
 #[cfg(test)]

@@ -583,7 +583,9 @@ async fn garbage_entries_are_dead_lettered_and_never_stop_the_worker() {
 
     let mut dl = env
         .bus
-        .dead_letters("orders", "g", 100)
+        .dead_letters("orders", "g")
+        .expect("dlq")
+        .list(100)
         .await
         .expect("dead letters");
     // Handlers run concurrently: dead letters come in any order; sort by original entry id.
@@ -647,7 +649,13 @@ async fn rejected_events_go_to_the_dead_letter_stream_at_once() {
     })
     .await;
     w.shutdown().await.expect("shutdown");
-    let dl = env.bus.dead_letters("orders", "g", 100).await.expect("dl");
+    let dl = env
+        .bus
+        .dead_letters("orders", "g")
+        .expect("dlq")
+        .list(100)
+        .await
+        .expect("dl");
     let mut errors: Vec<String> = dl.iter().map(|d| d.error.clone()).collect();
     errors.sort();
     assert_eq!(errors, vec!["bad order 0", "bad order 2", "bad order 4"]);

@@ -1,45 +1,77 @@
-//! One subscriber's read loop, handler tasks, dead-lettering and shutdown.
+//! One subscriber: the read loop, the pending-entry scanner, the lease heartbeat, handler tasks,
+//! retries, dead-lettering and shutdown.
+//!
+//! Every entry this consumer owns in Redis and is responsible for is in `Shared::held`: being
+//! handled, waiting for its retry, or just claimed. The heartbeat renews all of them; shutdown
+//! releases whatever is left.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use fred::types::Value;
 use futures::FutureExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::{AbortHandle, JoinHandle};
 use tracing::Instrument;
 
 use super::acker::{self, AckSender};
-use super::{Dispatch, Erased};
+use super::{Dispatch, Erased, WorkerSettings};
 use crate::bus::Bus;
 use crate::envelope::{self, RawEntry};
-use crate::error::Result;
-use crate::redis;
+use crate::error::{Action, Result};
+use crate::redis::{self, value_bytes, value_string};
 use crate::subscriber::{make_context, StartFrom, SubscriberOptions};
 
 /// Most entries asked for in one read.
 const MAX_READ: usize = 256;
+/// Most entries claimed by one XAUTOCLAIM call.
+const MAX_CLAIM: usize = 100;
+/// Most ids in one lease-renewal or release script call.
+const SCRIPT_CHUNK: usize = 200;
 
-/// State shared by the read loop and the handler tasks of one subscriber.
-struct Shared {
+/// What this consumer is doing with an entry it owns. The token tells apart successive states
+/// of one entry, so a task handle is attached to the state it belongs to.
+enum Held {
+    /// Claimed by the scanner or found in its own pending list; about to be checked.
+    Claimed,
+    /// A handler is running it.
+    Running(u64, Option<AbortHandle>),
+    /// Waiting for its retry (timer task).
+    Waiting(u64, Option<AbortHandle>),
+}
+
+/// State shared by the tasks of one subscriber.
+pub(crate) struct Shared {
     sub: Arc<dyn Erased>,
     opts: SubscriberOptions,
+    settings: WorkerSettings,
     client: Client,
     key: String,
     dlq_key: String,
+    retry_key: String,
     consumer: Arc<str>,
+    sem: Arc<Semaphore>,
     acks: Mutex<Option<AckSender>>,
-    /// Entries handed to a handler task and not yet settled (acked, dead-lettered or failed).
-    inflight: Mutex<HashSet<String>>,
+    held: Mutex<HashMap<String, Held>>,
+    tokens: std::sync::atomic::AtomicU64,
+    stop: watch::Receiver<bool>,
 }
 
 impl Shared {
     fn group(&self) -> &str {
         self.opts.group()
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    fn vt(&self) -> Duration {
+        self.opts.get_visibility_timeout()
     }
 
     fn ack(&self, id: String) {
@@ -50,19 +82,75 @@ impl Shared {
         }
     }
 
-    fn settle(&self, id: &str) {
-        if let Ok(mut set) = self.inflight.lock() {
-            set.remove(id);
+    fn hold(&self, id: &str, state: Held) {
+        if let Ok(mut h) = self.held.lock() {
+            h.insert(id.to_owned(), state);
         }
+    }
+
+    fn token(&self) -> u64 {
+        self.tokens.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Attaches a task handle to the state `token` of an entry, if the entry is still in that
+    /// state (the task may already have moved it on).
+    fn attach(&self, id: &str, token: u64, handle: AbortHandle) {
+        if let Ok(mut h) = self.held.lock() {
+            match h.get_mut(id) {
+                Some(Held::Running(t, slot)) | Some(Held::Waiting(t, slot)) if *t == token => {
+                    *slot = Some(handle);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn release_hold(&self, id: &str) {
+        if let Ok(mut h) = self.held.lock() {
+            h.remove(id);
+        }
+    }
+
+    fn is_held(&self, id: &str) -> bool {
+        self.held
+            .lock()
+            .map(|h| h.contains_key(id))
+            .unwrap_or(false)
+    }
+
+    fn held_ids(&self) -> Vec<String> {
+        self.held
+            .lock()
+            .map(|h| h.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn eval(
+        &self,
+        script: &fred::types::scripts::Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Value> {
+        redis::eval(script, &self.client, keys, args).await
+    }
+
+    /// Backoff before the attempt after `attempt`: exponential from `backoff_min`, capped at
+    /// `backoff_max`, with "equal jitter" (a random point in the upper half).
+    fn backoff(&self, attempt: u32) -> Duration {
+        let (lo, hi) = self.opts.get_backoff();
+        let exp = attempt.saturating_sub(1).min(32);
+        let base = lo.saturating_mul(1u32 << exp.min(31)).min(hi);
+        let r = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;
+        base.mul_f64(0.5 + 0.5 * r).clamp(lo.min(hi), hi)
     }
 }
 
 pub(crate) struct Runtime {
     shared: Arc<Shared>,
+    /// Entries this consumer name already owned at start (a restart with a reused name).
+    own_pending: Vec<String>,
     reader: Client,
     reading: Arc<AtomicBool>,
-    stop: watch::Receiver<bool>,
-    grace: Duration,
     acker: JoinHandle<()>,
 }
 
@@ -72,13 +160,14 @@ impl Runtime {
         bus: &Bus,
         sub: Arc<dyn Erased>,
         consumer: Arc<str>,
-        grace: Duration,
+        settings: WorkerSettings,
         stop: watch::Receiver<bool>,
     ) -> Result<Self> {
         let opts = sub.options();
         let keys = bus.keys(sub.stream());
         let key = keys.stream().to_owned();
         let dlq_key = keys.dead_letter(opts.group());
+        let retry_key = keys.retries(opts.group());
         let client = bus.inner.client.clone();
         let start = match opts.get_start_from() {
             StartFrom::Beginning => "0",
@@ -97,21 +186,27 @@ impl Runtime {
         let reader = client.clone_new();
         reader.init().await?;
         let (acks, acker) = acker::spawn(client.clone(), key.clone(), opts.group().to_owned());
+        let sem = Arc::new(Semaphore::new(opts.get_concurrency()));
+        let own_pending = own_pending(&client, &key, opts.group(), &consumer).await?;
         Ok(Self {
+            own_pending,
             shared: Arc::new(Shared {
                 sub,
                 opts,
+                settings,
                 client,
                 key,
                 dlq_key,
+                retry_key,
                 consumer,
+                sem,
                 acks: Mutex::new(Some(acks)),
-                inflight: Mutex::new(HashSet::new()),
+                held: Mutex::new(HashMap::new()),
+                tokens: std::sync::atomic::AtomicU64::new(0),
+                stop,
             }),
             reader,
             reading: Arc::new(AtomicBool::new(true)),
-            stop,
-            grace,
             acker,
         })
     }
@@ -133,220 +228,200 @@ impl Runtime {
         let _ = self.reader.quit().await;
     }
 
-    fn stopped(&self) -> bool {
-        *self.stop.borrow()
-    }
-
-    /// The read loop, then the shutdown sequence.
-    pub(crate) async fn run(mut self) {
+    /// Runs the subscriber until the stop flag is set, then shuts it down.
+    pub(crate) async fn run(self) {
+        let s = self.shared.clone();
         let span = tracing::info_span!(
             "subscriber",
-            stream = self.shared.sub.stream(),
-            group = self.shared.group(),
-            consumer = %self.shared.consumer
+            stream = s.sub.stream(),
+            group = s.group(),
+            consumer = %s.consumer
         );
         async move {
-            let concurrency = self.shared.opts.get_concurrency();
-            let sem = Arc::new(Semaphore::new(concurrency));
-            let mut tasks = JoinSet::new();
-            let mut backoff = Duration::from_millis(100);
-            while !self.stopped() {
-                while tasks.try_join_next().is_some() {}
-                // Back-pressure (R-4.3): read only as many entries as there are free slots.
-                let first = tokio::select! {
-                    p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                    _ = self.stop.changed() => continue,
-                };
-                let mut permits = vec![first];
-                while permits.len() < MAX_READ.min(concurrency) {
-                    match sem.clone().try_acquire_owned() {
-                        Ok(p) => permits.push(p),
-                        Err(_) => break,
-                    }
-                }
-                if self.stopped() {
-                    break;
-                }
-                match self.read(permits.len()).await {
-                    Ok(entries) => {
-                        backoff = Duration::from_millis(100);
-                        for entry in entries {
-                            let permit = match permits.pop() {
-                                Some(p) => p,
-                                // More entries than asked for: wait for a slot rather than overrun.
-                                None => match sem.clone().acquire_owned().await {
-                                    Ok(p) => p,
-                                    Err(_) => break,
-                                },
-                            };
-                            self.spawn_handler(&mut tasks, entry, permit);
-                        }
-                    }
-                    Err(e) if e.is_nogroup() => {
-                        tracing::error!(
-                            error = %e,
-                            "stream or consumer group vanished (Redis restarted without persistence, \
-                             or the key was deleted); re-creating the group from the start of the stream"
-                        );
-                        if let Err(e) = redis::ensure_group(&self.shared.client, &self.shared.key, self.shared.group(), "0").await {
-                            tracing::warn!(error = %e, "cannot re-create the consumer group");
-                            self.pause(&mut backoff).await;
-                        }
-                    }
-                    Err(e) => {
-                        if !self.stopped() {
-                            tracing::warn!(error = %e, "read failed; retrying");
-                            self.pause(&mut backoff).await;
-                        }
-                    }
+            if !self.own_pending.is_empty() {
+                // A restarted consumer with a reused name takes over what it owned before, at
+                // once and through the attempt check (R-4.5).
+                tracing::info!(count = self.own_pending.len(), "taking over this consumer's own pending entries");
+                if let Err(e) = schedule_claimed(&s, self.own_pending.clone()).await {
+                    tracing::warn!(error = %e, "cannot take over own pending entries; the scanner will reclaim them");
                 }
             }
+            let scanner = tokio::spawn(scan_loop(s.clone()).in_current_span());
+            let heartbeat_stop = watch::channel(false);
+            let heartbeat =
+                tokio::spawn(heartbeat_loop(s.clone(), heartbeat_stop.1).in_current_span());
+            self.read_loop().await;
             self.reading.store(false, Ordering::Release);
-            self.finish(tasks).await;
+            let _ = scanner.await;
+            self.finish(heartbeat_stop.0, heartbeat).await;
         }
         .instrument(span)
         .await
     }
 
-    async fn pause(&mut self, backoff: &mut Duration) {
-        tokio::select! {
-            () = tokio::time::sleep(*backoff) => {}
-            _ = self.stop.changed() => {}
+    async fn read_loop(&self) {
+        let s = &self.shared;
+        let concurrency = s.opts.get_concurrency();
+        let mut stop = s.stop.clone();
+        let mut backoff = Duration::from_millis(100);
+        while !s.stopped() {
+            // Back-pressure (R-4.3): read only as many entries as there are free slots. The
+            // slots are not held during the blocking read, so retries and reclaimed entries can
+            // use them meanwhile; each entry read then waits for its slot.
+            let first = tokio::select! {
+                p = s.sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stop.changed() => continue,
+            };
+            let want = (1 + s.sem.available_permits()).min(MAX_READ.min(concurrency));
+            drop(first);
+            if s.stopped() {
+                break;
+            }
+            match self.read(want).await {
+                Ok(entries) => {
+                    backoff = Duration::from_millis(100);
+                    // Held (and so lease-renewed) from now on, even while waiting for a slot.
+                    for entry in &entries {
+                        s.hold(&entry.id, Held::Claimed);
+                    }
+                    for entry in entries {
+                        let Ok(permit) = s.sem.clone().acquire_owned().await else {
+                            break;
+                        };
+                        // A fresh delivery through `>` is always attempt 1.
+                        spawn_run(s, entry, 1, permit);
+                    }
+                }
+                Err(e) if e.is_nogroup() => {
+                    tracing::error!(
+                        error = %e,
+                        "stream or consumer group vanished (Redis restarted without persistence, \
+                         or the key was deleted); re-creating the group from the start of the stream"
+                    );
+                    if let Err(e) = redis::ensure_group(&s.client, &s.key, s.group(), "0").await {
+                        tracing::warn!(error = %e, "cannot re-create the consumer group");
+                        pause(&mut stop, &mut backoff).await;
+                    }
+                }
+                Err(e) => {
+                    if !s.stopped() {
+                        tracing::warn!(error = %e, "read failed; retrying");
+                        pause(&mut stop, &mut backoff).await;
+                    }
+                }
+            }
         }
-        *backoff = (*backoff * 2).min(Duration::from_secs(5));
     }
 
     async fn read(&self, count: usize) -> Result<Vec<RawEntry>> {
-        let block_ms = self.shared.opts.get_block_timeout().as_millis() as u64;
+        let s = &self.shared;
+        let block_ms = s.opts.get_block_timeout().as_millis() as u64;
         let reply: Value = self
             .reader
             .xreadgroup(
-                self.shared.group(),
-                &*self.shared.consumer,
+                s.group(),
+                &*s.consumer,
                 Some(count as u64),
                 Some(block_ms),
                 false,
-                self.shared.key.as_str(),
+                s.key.as_str(),
                 ">",
             )
             .await?;
         Ok(redis::parse_read_reply(reply))
     }
 
-    fn spawn_handler(
-        &self,
-        tasks: &mut JoinSet<()>,
-        entry: RawEntry,
-        permit: OwnedSemaphorePermit,
-    ) {
-        if let Ok(mut set) = self.shared.inflight.lock() {
-            set.insert(entry.id.clone());
+    /// Shutdown (R-4.8): stop retry timers, wait for running handlers within the grace period
+    /// (leases still renewed), flush acks, release what is left, leave the group if owning nothing.
+    async fn finish(self, heartbeat_stop: watch::Sender<bool>, heartbeat: JoinHandle<()>) {
+        let s = &self.shared;
+        // Entries waiting for a retry or just claimed: stop their tasks; they are released below.
+        if let Ok(h) = s.held.lock() {
+            for state in h.values() {
+                if let Held::Waiting(_, Some(a)) = state {
+                    a.abort();
+                }
+            }
         }
-        let shared = self.shared.clone();
-        tasks.spawn(async move {
-            let id = entry.id.clone();
-            process(&shared, entry, 1).await;
-            shared.settle(&id);
-            drop(permit);
-        });
-    }
-
-    /// Shutdown: wait for running handlers (bounded by the grace period), flush acks, release
-    /// unfinished entries and remove the consumer if it owns nothing.
-    async fn finish(mut self, mut tasks: JoinSet<()>) {
-        let drained = tokio::time::timeout(self.grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let all = s.opts.get_concurrency() as u32;
+        let drained = tokio::time::timeout(s.settings.grace, s.sem.acquire_many(all)).await;
         if drained.is_err() {
-            tracing::warn!(
-                running = tasks.len(),
-                "grace period over; abandoning running handlers"
-            );
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
+            tracing::warn!("grace period over; abandoning running handlers");
+            let running: Vec<AbortHandle> = s
+                .held
+                .lock()
+                .map(|h| {
+                    h.values()
+                        .filter_map(|st| match st {
+                            Held::Running(_, Some(a)) => Some(a.clone()),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            for a in running {
+                a.abort();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.sem.acquire_many(all)).await;
         }
-        let unfinished: Vec<String> = self
-            .shared
-            .inflight
-            .lock()
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
-        if let Ok(mut a) = self.shared.acks.lock() {
+        let _ = heartbeat_stop.send(true);
+        let _ = heartbeat.await;
+        if let Ok(mut a) = s.acks.lock() {
             a.take();
         }
-        let _ = (&mut self.acker).await;
-        if !unfinished.is_empty() {
-            self.release(&unfinished).await;
+        let _ = self.acker.await;
+        let left = s.held_ids();
+        if !left.is_empty() {
+            release(s, &left).await;
         }
-        self.delete_consumer_if_idle().await;
+        delete_consumer_if_idle(s, &s.consumer, 0).await;
         let _ = self.reader.quit().await;
-    }
-
-    /// Makes entries this consumer will not finish reclaimable at once (R-4.8): their idle time is
-    /// set far beyond any visibility timeout, without counting a delivery.
-    async fn release(&self, ids: &[String]) {
-        let s = &self.shared;
-        let r: std::result::Result<Value, _> = s
-            .client
-            .xclaim(
-                s.key.as_str(),
-                s.group(),
-                &*s.consumer,
-                0,
-                ids.to_vec(),
-                Some(u64::from(u32::MAX)),
-                None,
-                None,
-                false,
-                true,
-            )
-            .await;
-        match r {
-            Ok(_) => tracing::info!(count = ids.len(), "released unfinished entries for reclaim"),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot release unfinished entries; they will be reclaimed after the visibility timeout")
-            }
-        }
-    }
-
-    async fn delete_consumer_if_idle(&self) {
-        let s = &self.shared;
-        let r = redis::eval(
-            redis::delete_idle_consumer_script(),
-            &s.client,
-            vec![s.key.clone()],
-            vec![Value::from(s.group()), Value::from(&*s.consumer)],
-        )
-        .await;
-        match r {
-            Ok(Value::Integer(1)) => tracing::debug!("removed consumer from its group"),
-            Ok(_) => {
-                tracing::info!("consumer still owns pending entries; left in its group for reclaim")
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot remove consumer from its group"),
-        }
     }
 }
 
-/// Runs one entry and settles it: ack on success, dead-letter on decode failure or rejection,
-/// leave pending on failure (redelivered after the visibility timeout).
-async fn process(s: &Shared, entry: RawEntry, attempt: u32) {
+async fn pause(stop: &mut watch::Receiver<bool>, backoff: &mut Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(*backoff) => {}
+        _ = stop.changed() => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+}
+
+/// Runs one delivery in its own task, holding one concurrency slot.
+fn spawn_run(s: &Arc<Shared>, entry: RawEntry, attempt: u32, permit: OwnedSemaphorePermit) {
+    let id = entry.id.clone();
+    let token = s.token();
+    s.hold(&id, Held::Running(token, None));
+    let shared = s.clone();
+    let task = tokio::spawn(async move {
+        process(&shared, entry, attempt).await;
+        drop(permit);
+    });
+    s.attach(&id, token, task.abort_handle());
+}
+
+/// Decodes, runs and settles one delivery.
+async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
+    let id = entry.id;
     let Some(fields) = entry.fields else {
-        tracing::warn!(entry_id = %entry.id, "entry was deleted while pending (trimmed or XDEL); acknowledging it away");
-        s.ack(entry.id);
+        tracing::warn!(entry_id = %id, "entry was deleted while pending (trimmed or XDEL); acknowledging it away");
+        s.ack(id.clone());
+        s.release_hold(&id);
         return;
     };
     let env = match envelope::decode(&fields) {
         Ok(env) => env,
         Err(e) => {
-            dead_letter(s, &entry.id, attempt, "decode", &e.to_string()).await;
+            dead_letter(s, &id, attempt, "decode", &e.to_string()).await;
             return;
         }
     };
-    if env.event_type != s.sub.event_name() {
-        tracing::debug!(entry_id = %entry.id, event_type = %env.event_type, "not this subscriber's event type; skipped");
-        s.ack(entry.id);
+    let foreign_type = env.event_type != s.sub.event_name();
+    let other_group = env.to.as_deref().is_some_and(|g| g != s.group());
+    if foreign_type || other_group {
+        tracing::debug!(entry_id = %id, event_type = %env.event_type, to = ?env.to, "not for this subscriber; skipped");
+        s.ack(id.clone());
+        s.release_hold(&id);
         return;
     }
     let span = tracing::info_span!(
@@ -354,13 +429,13 @@ async fn process(s: &Shared, entry: RawEntry, attempt: u32) {
         stream = s.sub.stream(),
         group = s.group(),
         event_id = %env.event_id,
-        entry_id = %entry.id,
+        entry_id = %id,
         attempt
     );
     let ctx = make_context(
         env.event_id.clone(),
         env.event_type.clone(),
-        entry.id.clone(),
+        id.clone(),
         s.sub.stream(),
         s.group(),
         &s.consumer,
@@ -372,74 +447,515 @@ async fn process(s: &Shared, entry: RawEntry, attempt: u32) {
         .catch_unwind()
         .instrument(span.clone())
         .await;
-    let _enter = span.enter();
-    match outcome {
-        Ok(Dispatch::Done(Ok(()))) => s.ack(entry.id),
-        Ok(Dispatch::Done(Err(e))) if e.is_reject() => {
-            dead_letter(s, &entry.id, attempt, "rejected", &e.to_string()).await;
-        }
-        Ok(Dispatch::Done(Err(e))) => {
-            tracing::warn!(error = %e, "handler failed; the event will be delivered again");
+    let failure = match outcome {
+        Ok(Dispatch::Done(Ok(()))) => {
+            s.ack(id.clone());
+            s.release_hold(&id);
+            if attempt > 1 {
+                // Forget the retry record of an event that finally succeeded.
+                let _: std::result::Result<i64, _> =
+                    s.client.hdel(s.retry_key.as_str(), id.as_str()).await;
+            }
+            return;
         }
         Ok(Dispatch::Undecodable(e)) => {
-            dead_letter(s, &entry.id, attempt, "decode", &e).await;
+            dead_letter(s, &id, attempt, "decode", &e)
+                .instrument(span)
+                .await;
+            return;
         }
+        Ok(Dispatch::Done(Err(e))) => match e.action() {
+            Action::Reject => {
+                dead_letter(s, &id, attempt, "rejected", &e.to_string())
+                    .instrument(span)
+                    .await;
+                return;
+            }
+            Action::RetryAfter(d) => (e.to_string(), Some(d)),
+            _ => (e.to_string(), None),
+        },
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "handler panicked".to_owned());
-            tracing::error!(panic = %msg, "handler panicked; the event will be delivered again");
+            (format!("panic: {msg}"), None)
+        }
+    };
+    let (error, delay) = failure;
+    if attempt >= s.opts.get_max_attempts() {
+        dead_letter(s, &id, attempt, "max_attempts", &error)
+            .instrument(span)
+            .await;
+        return;
+    }
+    let delay = delay.unwrap_or_else(|| s.backoff(attempt));
+    schedule_retry(s, &id, attempt, delay, &error)
+        .instrument(span)
+        .await;
+}
+
+/// Retries a script call on connection errors (bounded), so a short outage does not turn into a
+/// lost outcome; the entry stays pending either way.
+async fn eval_retrying(
+    s: &Shared,
+    script: &fred::types::scripts::Script,
+    keys: Vec<String>,
+    args: Vec<Value>,
+) -> Result<Value> {
+    let mut delay = Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        match s.eval(script, keys.clone(), args.clone()).await {
+            Err(e) if e.is_connection() && tries < 8 => {
+                tries += 1;
+                tracing::warn!(error = %e, "script failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            r => return r,
         }
     }
 }
 
-/// Moves an entry to the group's dead-letter stream (atomic, fenced by ownership).
-async fn dead_letter(s: &Shared, id: &str, attempt: u32, reason: &str, error: &str) {
-    let mut delay = Duration::from_millis(50);
-    for _ in 0..8 {
-        let r = redis::eval(
-            redis::dead_letter_script(),
-            &s.client,
-            vec![s.key.clone(), s.dlq_key.clone()],
-            vec![
-                Value::from(s.group()),
-                Value::from(id),
-                Value::from(&*s.consumer),
-                Value::from(reason),
-                Value::from(error),
-                Value::from(attempt as i64),
-            ],
+/// Moves an entry to the group's dead-letter stream (atomic, fenced by owner and attempt).
+async fn dead_letter(s: &Arc<Shared>, id: &str, attempt: u32, reason: &str, error: &str) {
+    let r = eval_retrying(
+        s,
+        redis::dead_letter_script(),
+        vec![s.key.clone(), s.dlq_key.clone(), s.retry_key.clone()],
+        vec![
+            Value::from(s.group()),
+            Value::from(id),
+            Value::from(&*s.consumer),
+            Value::from(reason),
+            Value::from(error),
+            Value::from(attempt as i64),
+        ],
+    )
+    .await;
+    match r {
+        Ok(Value::Integer(1)) => {
+            tracing::warn!(
+                entry_id = id,
+                reason,
+                error,
+                attempt,
+                "moved to the dead-letter stream"
+            );
+        }
+        Ok(other) => {
+            tracing::warn!(entry_id = id, code = ?other, "not dead-lettered: another attempt owns this entry now");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, entry_id = id, "dead-letter move failed; the entry stays pending and will be retried");
+        }
+    }
+    s.release_hold(id);
+}
+
+/// Records the retry (fenced) and waits for it locally; the lease is renewed meanwhile, so other
+/// workers leave the entry alone however long the delay (R-4.7). If this process dies, the scanner
+/// of another one takes it over and honours the recorded due time.
+async fn schedule_retry(s: &Arc<Shared>, id: &str, attempt: u32, delay: Duration, error: &str) {
+    let r = eval_retrying(
+        s,
+        redis::retry_script(),
+        vec![s.key.clone(), s.retry_key.clone()],
+        vec![
+            Value::from(s.group()),
+            Value::from(id),
+            Value::from(&*s.consumer),
+            Value::from(attempt as i64),
+            Value::from(delay.as_millis() as i64),
+            Value::from(error),
+        ],
+    )
+    .await;
+    match r {
+        Ok(Value::Integer(due)) if due > 0 => {
+            tracing::warn!(
+                entry_id = id,
+                attempt,
+                ?delay,
+                error,
+                "handler failed; retrying after backoff"
+            );
+            wait_then_take(s, id, delay);
+        }
+        Ok(other) => {
+            tracing::warn!(entry_id = id, code = ?other, "retry not scheduled: another attempt owns this entry now");
+            s.release_hold(id);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, entry_id = id, "cannot schedule the retry; the entry will be reclaimed after the visibility timeout");
+            s.release_hold(id);
+        }
+    }
+}
+
+/// Holds an entry until `delay` has passed, then takes it for its next attempt.
+fn wait_then_take(s: &Arc<Shared>, id: &str, delay: Duration) {
+    let token = s.token();
+    s.hold(id, Held::Waiting(token, None));
+    let shared = s.clone();
+    let id2 = id.to_owned();
+    let task = tokio::spawn(
+        async move {
+            tokio::time::sleep(delay).await;
+            take(&shared, &id2).await;
+        }
+        .in_current_span(),
+    );
+    s.attach(id, token, task.abort_handle());
+}
+
+/// Takes a held entry for a new attempt: waits for a free slot, then the take script checks the
+/// attempt limit (dead-lettering instead of running when it is used up) and claims the entry with
+/// a delivery-count bump.
+async fn take(s: &Arc<Shared>, id: &str) {
+    let mut stop = s.stop.clone();
+    let permit = tokio::select! {
+        p = s.sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        _ = stop.changed() => return,
+    };
+    if s.stopped() {
+        return;
+    }
+    let r = eval_retrying(
+        s,
+        redis::take_script(),
+        vec![s.key.clone(), s.dlq_key.clone(), s.retry_key.clone()],
+        vec![
+            Value::from(s.group()),
+            Value::from(id),
+            Value::from(&*s.consumer),
+            Value::from(i64::from(s.opts.get_max_attempts())),
+        ],
+    )
+    .await;
+    let parts = match r {
+        Ok(Value::Array(parts)) => parts,
+        Ok(other) => {
+            tracing::error!(entry_id = id, reply = ?other, "unexpected reply from the take script");
+            s.release_hold(id);
+            return;
+        }
+        Err(e) => {
+            // Let go of it: without lease renewals a scanner (possibly ours) reclaims it after the
+            // visibility timeout and tries again.
+            tracing::warn!(error = %e, entry_id = id, "cannot take the entry for its next attempt");
+            s.release_hold(id);
+            return;
+        }
+    };
+    let mut it = parts.into_iter();
+    let code = it.next().and_then(|v| v.as_i64()).unwrap_or(-9);
+    match code {
+        1 => {
+            let count = it.next().and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+            let fields = it.next().map(|f| match f {
+                Value::Array(flat) => {
+                    let mut out = Vec::with_capacity(flat.len() / 2);
+                    let mut kv = flat.into_iter();
+                    while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
+                        out.push((
+                            value_bytes(k).unwrap_or_default(),
+                            value_bytes(v).unwrap_or_default(),
+                        ));
+                    }
+                    out
+                }
+                _ => Vec::new(),
+            });
+            tracing::info!(entry_id = id, attempt = count, "running a new attempt");
+            spawn_run(
+                s,
+                RawEntry {
+                    id: id.to_owned(),
+                    fields,
+                },
+                count.max(1),
+                permit,
+            );
+        }
+        0 => {
+            let attempts = it.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            tracing::warn!(
+                entry_id = id,
+                attempts,
+                "attempts used up; moved to the dead-letter stream"
+            );
+            s.release_hold(id);
+        }
+        -3 => {
+            tracing::warn!(
+                entry_id = id,
+                "entry was deleted while pending (trimmed or XDEL); acknowledged away"
+            );
+            s.release_hold(id);
+        }
+        _ => {
+            tracing::debug!(entry_id = id, code, "entry is no longer ours");
+            s.release_hold(id);
+        }
+    }
+}
+
+/// The pending-entry scanner (R-4.6): every half visibility timeout, claims entries idle for
+/// longer than the visibility timeout (their worker died or stalled) with `XAUTOCLAIM … JUSTID`,
+/// which does not count a delivery, then takes each one when its retry is due. It claims no more
+/// than it has free slots (R-8.5), skips a round while Redis does not answer and the first round
+/// after (so lease renewals queued during a stall land first), and reaps idle consumers (R-4.9).
+async fn scan_loop(s: Arc<Shared>) {
+    let mut stop = s.stop.clone();
+    let interval = (s.vt() / 2).max(Duration::from_millis(50));
+    let mut healthy = true;
+    let mut first = true;
+    let mut last_reap = Instant::now();
+    loop {
+        if !first {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        if s.stopped() {
+            return;
+        }
+        let ping = tokio::time::timeout(
+            Duration::from_millis(500).min(interval),
+            s.client.ping::<Value>(None),
         )
         .await;
-        match r {
-            Ok(Value::Integer(1)) => {
-                tracing::warn!(
-                    entry_id = id,
-                    reason,
-                    error,
-                    "moved to the dead-letter stream"
-                );
-                return;
+        if !matches!(ping, Ok(Ok(_))) {
+            if healthy {
+                tracing::warn!("Redis is not answering; pausing reclaim");
             }
-            Ok(other) => {
-                tracing::warn!(entry_id = id, reply = ?other, "not dead-lettered: the entry is no longer ours");
-                return;
+            healthy = false;
+            continue;
+        }
+        if !healthy {
+            tracing::info!("Redis answers again; reclaim resumes next round");
+            healthy = true;
+            continue;
+        }
+        first = false;
+        tracing::trace!("reclaim scan");
+        if let Err(e) = reclaim(&s).await {
+            if !e.is_nogroup() {
+                tracing::warn!(error = %e, "reclaim scan failed");
             }
-            Err(e) if e.is_connection() => {
-                tracing::warn!(error = %e, "dead-letter move failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, entry_id = id, "dead-letter move failed; the entry stays pending");
-                return;
+        }
+        if let Some(after) = s.settings.reap_after {
+            if last_reap.elapsed() >= (after / 4).max(interval) {
+                last_reap = Instant::now();
+                reap_consumers(&s, after).await;
             }
         }
     }
-    tracing::error!(
-        entry_id = id,
-        "dead-letter move kept failing; the entry stays pending"
+}
+
+async fn own_pending(
+    client: &Client,
+    key: &str,
+    group: &str,
+    consumer: &str,
+) -> Result<Vec<String>> {
+    let rows: Value = client
+        .xpending(key, group, ("-", "+", 10_000, consumer))
+        .await?;
+    Ok(match rows {
+        Value::Array(rows) => rows
+            .into_iter()
+            .filter_map(|r| match r {
+                Value::Array(mut cols) if !cols.is_empty() => value_string(cols.swap_remove(0)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+async fn reclaim(s: &Arc<Shared>) -> Result<()> {
+    let mut budget = s.sem.available_permits();
+    if budget == 0 {
+        return Ok(());
+    }
+    let mut cursor = "0-0".to_owned();
+    let mut claimed_all = Vec::new();
+    loop {
+        let count = budget.min(MAX_CLAIM);
+        let reply: Value = s
+            .client
+            .xautoclaim(
+                s.key.as_str(),
+                s.group(),
+                &*s.consumer,
+                s.vt().as_millis() as u64,
+                cursor.as_str(),
+                Some(count as u64),
+                true,
+            )
+            .await?;
+        tracing::trace!(reply = ?reply, "XAUTOCLAIM");
+        let Some((next, claimed, deleted)) = redis::parse_autoclaim_justid(reply) else {
+            tracing::error!("unexpected XAUTOCLAIM reply");
+            break;
+        };
+        if !deleted.is_empty() {
+            // R-6.3: pending entries whose data is gone (trimmed or XDEL): the server already
+            // dropped them from the pending list.
+            tracing::warn!(count = deleted.len(), ids = ?deleted, "pending entries were deleted from the stream before being handled; data was lost upstream");
+            let _: std::result::Result<i64, _> = s.client.hdel(s.retry_key.as_str(), deleted).await;
+        }
+        budget = budget.saturating_sub(claimed.len());
+        claimed_all.extend(claimed.into_iter().filter(|id| !s.is_held(id)));
+        if next == "0-0" || budget == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    if !claimed_all.is_empty() {
+        tracing::info!(
+            count = claimed_all.len(),
+            "reclaimed entries past the visibility timeout"
+        );
+        schedule_claimed(s, claimed_all).await?;
+    }
+    Ok(())
+}
+
+/// Holds freshly claimed entries and takes each one when its recorded retry is due (at once when
+/// there is no record: its worker died mid-attempt).
+async fn schedule_claimed(s: &Arc<Shared>, ids: Vec<String>) -> Result<()> {
+    for id in &ids {
+        s.hold(id, Held::Claimed);
+    }
+    let infos: Vec<Option<String>> = if ids.len() == 1 {
+        vec![s.client.hget(s.retry_key.as_str(), ids[0].as_str()).await?]
+    } else {
+        s.client.hmget(s.retry_key.as_str(), ids.clone()).await?
+    };
+    let now_ms = redis_now_ms(&s.client).await?;
+    for (id, info) in ids.into_iter().zip(infos) {
+        let due = info
+            .as_deref()
+            .and_then(|i| i.split('|').next())
+            .and_then(|d| d.parse::<u64>().ok())
+            .unwrap_or(0);
+        let wait = Duration::from_millis(due.saturating_sub(now_ms));
+        wait_then_take(s, &id, wait);
+    }
+    Ok(())
+}
+
+async fn redis_now_ms(client: &Client) -> Result<u64> {
+    let (secs, micros): (u64, u64) = client
+        .custom(
+            fred::types::CustomCommand::new_static("TIME", None, false),
+            Vec::<Value>::new(),
+        )
+        .await?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+/// Deletes consumers of this group that have been idle for `after` and own nothing (R-4.9). A
+/// consumer that still owns entries is never deleted: the scanner reclaims its entries first.
+async fn reap_consumers(s: &Arc<Shared>, after: Duration) {
+    let infos: std::result::Result<Vec<HashMap<String, Value>>, _> =
+        s.client.xinfo_consumers(s.key.as_str(), s.group()).await;
+    let Ok(infos) = infos else { return };
+    for c in infos {
+        let name = c
+            .get("name")
+            .and_then(|v| v.as_string())
+            .unwrap_or_default();
+        let pending = c.get("pending").and_then(Value::as_u64).unwrap_or(1);
+        let idle = c.get("idle").and_then(Value::as_u64).unwrap_or(0);
+        if name.is_empty() || name == *s.consumer || pending > 0 || idle < after.as_millis() as u64
+        {
+            continue;
+        }
+        delete_consumer_if_idle(s, &name, after.as_millis() as u64).await;
+    }
+}
+
+async fn delete_consumer_if_idle(s: &Shared, name: &str, min_idle_ms: u64) {
+    let r = s
+        .eval(
+            redis::delete_idle_consumer_script(),
+            vec![s.key.clone()],
+            vec![
+                Value::from(s.group()),
+                Value::from(name),
+                Value::from(min_idle_ms as i64),
+            ],
+        )
+        .await;
+    match r {
+        Ok(Value::Integer(1)) => tracing::info!(consumer = name, "removed consumer from its group"),
+        Ok(_) => tracing::debug!(
+            consumer = name,
+            "consumer still owns pending entries (or is active); kept"
+        ),
+        Err(e) => tracing::warn!(error = %e, consumer = name, "cannot remove consumer"),
+    }
+}
+
+/// The lease heartbeat (R-4.7): renews every held entry well inside the visibility timeout, and
+/// drops the ones another consumer took over (their outcomes are fenced anyway).
+async fn heartbeat_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let interval = (s.vt() / 3).max(Duration::from_millis(30));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        let ids = s.held_ids();
+        for chunk in ids.chunks(SCRIPT_CHUNK) {
+            let mut args = vec![Value::from(s.group()), Value::from(&*s.consumer)];
+            args.extend(chunk.iter().map(|id| Value::from(id.as_str())));
+            match s
+                .eval(redis::renew_script(), vec![s.key.clone()], args)
+                .await
+            {
+                Ok(Value::Array(lost)) => {
+                    for id in lost.into_iter().filter_map(value_string) {
+                        tracing::warn!(entry_id = %id, "lease lost: another worker took this entry over");
+                        if let Ok(mut h) = s.held.lock() {
+                            if let Some(Held::Waiting(_, Some(a))) = h.remove(&id) {
+                                a.abort();
+                            }
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+            }
+        }
+    }
+}
+
+async fn release(s: &Shared, ids: &[String]) {
+    let mut released = 0;
+    for chunk in ids.chunks(SCRIPT_CHUNK) {
+        let mut args = vec![Value::from(s.group()), Value::from(&*s.consumer)];
+        args.extend(chunk.iter().map(|id| Value::from(id.as_str())));
+        match s
+            .eval(redis::release_script(), vec![s.key.clone()], args)
+            .await
+        {
+            Ok(Value::Integer(n)) => released += n,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release entries; they will be reclaimed after the visibility timeout")
+            }
+        }
+    }
+    tracing::info!(
+        released,
+        "released unfinished entries for immediate reclaim"
     );
 }

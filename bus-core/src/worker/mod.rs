@@ -94,7 +94,14 @@ pub struct Worker {
     bus: Bus,
     subs: Vec<Arc<dyn Erased>>,
     consumer: Option<String>,
-    grace: Duration,
+    settings: WorkerSettings,
+}
+
+/// Worker-wide settings shared by its subscribers.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerSettings {
+    pub(crate) grace: Duration,
+    pub(crate) reap_after: Option<Duration>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -102,7 +109,7 @@ impl std::fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("subscribers", &self.subs.len())
             .field("consumer", &self.consumer)
-            .field("grace", &self.grace)
+            .field("settings", &self.settings)
             .finish()
     }
 }
@@ -136,7 +143,10 @@ impl Worker {
             bus: bus.clone(),
             subs: Vec::new(),
             consumer: None,
-            grace: Duration::from_secs(30),
+            settings: WorkerSettings {
+                grace: Duration::from_secs(30),
+                reap_after: Some(Duration::from_secs(3600)),
+            },
         }
     }
 
@@ -174,7 +184,16 @@ impl Worker {
     /// their entries are then made reclaimable at once.
     #[must_use]
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
+        self.settings.grace = grace;
+        self
+    }
+
+    /// Removes other consumers of this worker's groups that have been idle this long and own no
+    /// pending entries (default 1 h; `None` turns reaping off). Consumers that own entries are
+    /// never removed: their entries are reclaimed first.
+    #[must_use]
+    pub fn reap_consumers_after(mut self, idle: Option<Duration>) -> Self {
+        self.settings.reap_after = idle;
         self
     }
 
@@ -223,7 +242,7 @@ impl Worker {
                 &self.bus,
                 sub,
                 Arc::from(consumer.as_str()),
-                self.grace,
+                self.settings.clone(),
                 stop_rx.clone(),
             )
             .await;
