@@ -16,6 +16,8 @@ pub use bus_core::testing::{
 };
 use bus_core::{Bus, BusBuilder};
 
+pub mod procs;
+
 enum Source {
     Env(String),
     Spawned(RedisServer),

@@ -582,7 +582,7 @@ async fn schedule_retry(s: &Arc<Shared>, id: &str, attempt: u32, delay: Duration
                 error,
                 "handler failed; retrying after backoff"
             );
-            wait_then_take(s, id, delay);
+            wait_then_take(s, id, delay, false);
         }
         Ok(other) => {
             tracing::warn!(entry_id = id, code = ?other, "retry not scheduled: another attempt owns this entry now");
@@ -595,8 +595,9 @@ async fn schedule_retry(s: &Arc<Shared>, id: &str, attempt: u32, delay: Duration
     }
 }
 
-/// Holds an entry until `delay` has passed, then takes it for its next attempt.
-fn wait_then_take(s: &Arc<Shared>, id: &str, delay: Duration) {
+/// Holds an entry until `delay` has passed, then takes it for its next attempt (alone in this
+/// process when `isolate` is set).
+fn wait_then_take(s: &Arc<Shared>, id: &str, delay: Duration, isolate: bool) {
     let token = s.token();
     s.hold(id, Held::Waiting(token, None));
     let shared = s.clone();
@@ -604,7 +605,7 @@ fn wait_then_take(s: &Arc<Shared>, id: &str, delay: Duration) {
     let task = tokio::spawn(
         async move {
             tokio::time::sleep(delay).await;
-            take(&shared, &id2).await;
+            take(&shared, &id2, isolate).await;
         }
         .in_current_span(),
     );
@@ -614,10 +615,15 @@ fn wait_then_take(s: &Arc<Shared>, id: &str, delay: Duration) {
 /// Takes a held entry for a new attempt: waits for a free slot, then the take script checks the
 /// attempt limit (dead-lettering instead of running when it is used up) and claims the entry with
 /// a delivery-count bump.
-async fn take(s: &Arc<Shared>, id: &str) {
+async fn take(s: &Arc<Shared>, id: &str, isolate: bool) {
     let mut stop = s.stop.clone();
+    let slots = if isolate {
+        s.opts.get_concurrency() as u32
+    } else {
+        1
+    };
     let permit = tokio::select! {
-        p = s.sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        p = s.sem.clone().acquire_many_owned(slots) => match p { Ok(p) => p, Err(_) => return },
         _ = stop.changed() => return,
     };
     if s.stopped() {
@@ -846,7 +852,11 @@ async fn schedule_claimed(s: &Arc<Shared>, ids: Vec<String>) -> Result<()> {
             .and_then(|d| d.parse::<u64>().ok())
             .unwrap_or(0);
         let wait = Duration::from_millis(due.saturating_sub(now_ms));
-        wait_then_take(s, &id, wait);
+        // No retry record: its last attempt never finished (the worker died or stalled). It may
+        // be a poison pill that kills its process, so it runs alone, and cannot take innocent
+        // neighbours down with it (their delivery counts would grow with every crash).
+        let isolate = info.is_none();
+        wait_then_take(s, &id, wait, isolate);
     }
     Ok(())
 }

@@ -1,0 +1,263 @@
+//! Real worker processes for fault tests: the `test_worker` binary, its ledger, and signals.
+//!
+//! Each worker process appends to its own ledger file (one line per observation, written with
+//! `O_APPEND` before the entry is acknowledged): `start <n> <attempt> <pid>` when a handler
+//! starts, `done <n> <attempt> <pid>` when it finished its side effect.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bus_core::Event;
+use serde::{Deserialize, Serialize};
+
+/// The event the fault tests publish. Its fields steer the test worker's handler.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(stream = "tasks")]
+pub struct Task {
+    /// Unique per published task.
+    pub n: u64,
+    /// The handler sleeps this long.
+    pub slow_ms: u64,
+    /// The handler aborts the whole process (a poison pill).
+    pub poison: bool,
+    /// The handler returns an error on its first `fail_times` attempts.
+    pub fail_times: u32,
+}
+
+impl Task {
+    /// A plain task.
+    pub fn new(n: u64) -> Self {
+        Task {
+            n,
+            slow_ms: 0,
+            poison: false,
+            fail_times: 0,
+        }
+    }
+}
+
+/// Settings for one test worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerArgs {
+    pub url: String,
+    pub prefix: String,
+    pub group: String,
+    pub ledger: PathBuf,
+    pub concurrency: usize,
+    pub visibility_timeout: Duration,
+    pub max_attempts: u32,
+    pub grace: Duration,
+    pub consumer: Option<String>,
+}
+
+impl WorkerArgs {
+    pub fn new(url: &str, prefix: &str, group: &str, ledger: &Path) -> Self {
+        WorkerArgs {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            group: group.to_owned(),
+            ledger: ledger.to_owned(),
+            concurrency: 8,
+            visibility_timeout: Duration::from_secs(1),
+            max_attempts: 5,
+            grace: Duration::from_secs(10),
+            consumer: None,
+        }
+    }
+}
+
+/// A running `test_worker` process.
+#[derive(Debug)]
+pub struct WorkerProc {
+    child: Child,
+    pub consumer: String,
+}
+
+/// Path of the test worker binary: next to the current test or binary executable.
+pub fn test_worker_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_test_worker") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for d in [
+        dir.clone(),
+        dir.parent().map(Path::to_path_buf).unwrap_or_default(),
+    ] {
+        let p = d.join("test_worker");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("test_worker")
+}
+
+impl WorkerProc {
+    /// Starts a worker and waits until it reports `ready` (its groups exist, it reads).
+    pub fn spawn(args: &WorkerArgs) -> std::io::Result<WorkerProc> {
+        let mut cmd = Command::new(test_worker_bin());
+        cmd.arg("--url")
+            .arg(&args.url)
+            .arg("--prefix")
+            .arg(&args.prefix)
+            .arg("--group")
+            .arg(&args.group)
+            .arg("--ledger")
+            .arg(&args.ledger)
+            .arg("--concurrency")
+            .arg(args.concurrency.to_string())
+            .arg("--vt-ms")
+            .arg(args.visibility_timeout.as_millis().to_string())
+            .arg("--max-attempts")
+            .arg(args.max_attempts.to_string())
+            .arg("--grace-ms")
+            .arg(args.grace.as_millis().to_string());
+        if let Some(c) = &args.consumer {
+            cmd.arg("--consumer").arg(c);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.starts_with("ready ") => Ok(WorkerProc {
+                child,
+                consumer: line.trim_start_matches("ready ").to_owned(),
+            }),
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(std::io::Error::other(format!(
+                    "worker did not get ready: {other:?}"
+                )))
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM (graceful shutdown), then wait up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `Some(status)` once the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One ledger line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerLine {
+    pub kind: String,
+    pub n: u64,
+    pub attempt: u32,
+    pub pid: u32,
+}
+
+/// Reads every ledger file in `dir` (complete lines only: a SIGKILL can cut the last one).
+pub fn read_ledgers(dir: &Path) -> Vec<LedgerLine> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            let p: Vec<&str> = line.split_whitespace().collect();
+            if p.len() == 4 {
+                if let (Ok(n), Ok(attempt), Ok(pid)) = (p[1].parse(), p[2].parse(), p[3].parse()) {
+                    out.push(LedgerLine {
+                        kind: p[0].to_owned(),
+                        n,
+                        attempt,
+                        pid,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// How many `done` lines each task has.
+pub fn done_counts(lines: &[LedgerLine]) -> HashMap<u64, u64> {
+    let mut m = HashMap::new();
+    for l in lines.iter().filter(|l| l.kind == "done") {
+        *m.entry(l.n).or_default() += 1;
+    }
+    m
+}
+
+/// A fresh directory for ledgers, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "streambus-{label}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        let _ = std::fs::create_dir_all(&p);
+        TempDir(p)
+    }
+
+    pub fn ledger(&self, name: &str) -> PathBuf {
+        self.0.join(format!("{name}.ledger"))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
