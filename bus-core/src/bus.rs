@@ -408,6 +408,7 @@ impl Bus {
             .client
             .xadd(p.key.as_str(), false, None, "*", p.fields)
             .await?;
+        crate::metrics::published(E::STREAM, 1);
         Ok(Published {
             event_id: p.event_id,
             entry_id,
@@ -434,6 +435,7 @@ impl Bus {
             event_ids.push(p.event_id);
         }
         let entry_ids: Vec<String> = pipeline.all().await?;
+        crate::metrics::published(E::STREAM, entry_ids.len() as u64);
         Ok(event_ids
             .into_iter()
             .zip(entry_ids)

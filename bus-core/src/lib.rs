@@ -80,6 +80,7 @@ mod dead_letter;
 mod envelope;
 mod error;
 mod event;
+mod metrics;
 mod names;
 mod redis;
 mod shutdown;

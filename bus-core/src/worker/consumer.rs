@@ -23,6 +23,7 @@ use super::{Dispatch, Erased, WorkerSettings};
 use crate::bus::Bus;
 use crate::envelope::{self, RawEntry};
 use crate::error::{Action, Result};
+use crate::metrics::SubscriberMetrics;
 use crate::redis::{self, value_bytes, value_string};
 use crate::subscriber::{make_context, StartFrom, SubscriberOptions};
 
@@ -59,6 +60,7 @@ pub(crate) struct Shared {
     held: Mutex<HashMap<String, Held>>,
     tokens: std::sync::atomic::AtomicU64,
     stop: watch::Receiver<bool>,
+    metrics: SubscriberMetrics,
 }
 
 impl Shared {
@@ -188,6 +190,7 @@ impl Runtime {
         let (acks, acker) = acker::spawn(client.clone(), key.clone(), opts.group().to_owned());
         let sem = Arc::new(Semaphore::new(opts.get_concurrency()));
         let own_pending = own_pending(&client, &key, opts.group(), &consumer).await?;
+        let metrics = SubscriberMetrics::new(sub.stream(), opts.group());
         Ok(Self {
             own_pending,
             shared: Arc::new(Shared {
@@ -203,6 +206,7 @@ impl Runtime {
                 acks: Mutex::new(Some(acks)),
                 held: Mutex::new(HashMap::new()),
                 tokens: std::sync::atomic::AtomicU64::new(0),
+                metrics,
                 stop,
             }),
             reader,
@@ -298,6 +302,7 @@ impl Runtime {
                         "stream or consumer group vanished (Redis restarted without persistence, \
                          or the key was deleted); re-creating the group from the start of the stream"
                     );
+                    s.metrics.group_recreated.increment(1);
                     if let Err(e) = redis::ensure_group(&s.client, &s.key, s.group(), "0").await {
                         tracing::warn!(error = %e, "cannot re-create the consumer group");
                         pause(&mut stop, &mut backoff).await;
@@ -404,6 +409,7 @@ fn spawn_run(s: &Arc<Shared>, entry: RawEntry, attempt: u32, permit: OwnedSemaph
 async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
     let id = entry.id;
     let Some(fields) = entry.fields else {
+        s.metrics.deleted_pending.increment(1);
         tracing::warn!(entry_id = %id, "entry was deleted while pending (trimmed or XDEL); acknowledging it away");
         s.ack(id.clone());
         s.release_hold(&id);
@@ -443,12 +449,21 @@ async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
         env.published_at_ms,
         env.headers.clone(),
     );
+    let published_at_ms = env.published_at_ms;
+    let started = Instant::now();
+    s.metrics
+        .latency_seconds
+        .record(crate::bus::now_ms().saturating_sub(published_at_ms) as f64 / 1000.0);
     let outcome = AssertUnwindSafe(s.sub.dispatch(env, ctx))
         .catch_unwind()
         .instrument(span.clone())
         .await;
+    s.metrics
+        .handle_seconds
+        .record(started.elapsed().as_secs_f64());
     let failure = match outcome {
         Ok(Dispatch::Done(Ok(()))) => {
+            s.metrics.handled.increment(1);
             s.ack(id.clone());
             s.release_hold(&id);
             if attempt > 1 {
@@ -484,6 +499,7 @@ async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
         }
     };
     let (error, delay) = failure;
+    s.metrics.failed.increment(1);
     if attempt >= s.opts.get_max_attempts() {
         dead_letter(s, &id, attempt, "max_attempts", &error)
             .instrument(span)
@@ -537,6 +553,7 @@ async fn dead_letter(s: &Arc<Shared>, id: &str, attempt: u32, reason: &str, erro
     .await;
     match r {
         Ok(Value::Integer(1)) => {
+            s.metrics.dead_lettered(reason);
             tracing::warn!(
                 entry_id = id,
                 reason,
@@ -575,6 +592,7 @@ async fn schedule_retry(s: &Arc<Shared>, id: &str, attempt: u32, delay: Duration
     .await;
     match r {
         Ok(Value::Integer(due)) if due > 0 => {
+            s.metrics.retried.increment(1);
             tracing::warn!(
                 entry_id = id,
                 attempt,
@@ -688,6 +706,7 @@ async fn take(s: &Arc<Shared>, id: &str, isolate: bool) {
         }
         0 => {
             let attempts = it.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            s.metrics.dead_lettered("max_attempts");
             tracing::warn!(
                 entry_id = id,
                 attempts,
@@ -696,6 +715,7 @@ async fn take(s: &Arc<Shared>, id: &str, isolate: bool) {
             s.release_hold(id);
         }
         -3 => {
+            s.metrics.deleted_pending.increment(1);
             tracing::warn!(
                 entry_id = id,
                 "entry was deleted while pending (trimmed or XDEL); acknowledged away"
@@ -813,6 +833,7 @@ async fn reclaim(s: &Arc<Shared>) -> Result<()> {
         if !deleted.is_empty() {
             // R-6.3: pending entries whose data is gone (trimmed or XDEL): the server already
             // dropped them from the pending list.
+            s.metrics.deleted_pending.increment(deleted.len() as u64);
             tracing::warn!(count = deleted.len(), ids = ?deleted, "pending entries were deleted from the stream before being handled; data was lost upstream");
             let _: std::result::Result<i64, _> = s.client.hdel(s.retry_key.as_str(), deleted).await;
         }
@@ -824,6 +845,7 @@ async fn reclaim(s: &Arc<Shared>) -> Result<()> {
         cursor = next;
     }
     if !claimed_all.is_empty() {
+        s.metrics.reclaimed.increment(claimed_all.len() as u64);
         tracing::info!(
             count = claimed_all.len(),
             "reclaimed entries past the visibility timeout"
@@ -933,6 +955,7 @@ async fn heartbeat_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             {
                 Ok(Value::Array(lost)) => {
                     for id in lost.into_iter().filter_map(value_string) {
+                        s.metrics.lease_lost.increment(1);
                         tracing::warn!(entry_id = %id, "lease lost: another worker took this entry over");
                         if let Ok(mut h) = s.held.lock() {
                             if let Some(Held::Waiting(_, Some(a))) = h.remove(&id) {

@@ -2,7 +2,8 @@
 //! with faults injected while events flow, then a checker over the ledgers and Redis state.
 //!
 //! `cargo run --release -p integration-tests --bin chaos -- [--events N] [--workers W]
-//!   [--duration-secs S] [--worker-kills K] [--redis-kills R] [--stalls N] [--seed X]`
+//!   [--duration-secs S] [--worker-kills K] [--graceful-stops G] [--redis-kills R] [--stalls N]
+//!   [--vt-ms MS] [--seed X]`
 //!
 //! Faults: SIGKILL of workers mid-handler (then restarted), SIGTERM (graceful) of workers,
 //! poison events that abort whichever process runs them (1 in 97), slow handlers (longer than the
@@ -117,6 +118,7 @@ async fn main() {
     let workers: usize = arg("--workers", 4);
     let duration = Duration::from_secs(arg("--duration-secs", 60));
     let want_kills: u64 = arg("--worker-kills", 24);
+    let want_terms: u64 = arg("--graceful-stops", want_kills / 4);
     let want_redis_kills: u64 = arg("--redis-kills", 2);
     let want_stalls: u64 = arg("--stalls", 1);
     let seed: u64 = arg("--seed", 0x5eed);
@@ -152,64 +154,69 @@ async fn main() {
 
     let started = Instant::now();
     let mut c = Counters::default();
-    let mut acked: HashSet<u64> = HashSet::new();
     let poison: HashSet<u64> = (1..events).filter(|n| n % POISON_EVERY == 0).collect();
-    let mut next: u64 = 0;
+    // The producer runs on its own task, so events keep coming during every fault.
+    let producer = {
+        let bus = bus.clone();
+        let poison = poison.clone();
+        let mut rng = Rng(rng.next() | 1);
+        let every = duration.mul_f64(0.8) / (events.max(1) as u32);
+        tokio::spawn(async move {
+            let mut acked = HashSet::new();
+            let mut errors = 0u64;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for n in 0..events {
+                tick.tick().await;
+                let task = Task {
+                    n,
+                    slow_ms: if rng.below(20) == 0 {
+                        vt.as_millis() as u64 * 3 / 2
+                    } else {
+                        rng.below(20)
+                    },
+                    poison: poison.contains(&n),
+                    fail_times: u32::from(rng.below(10) == 0),
+                };
+                // A failed publish is indeterminate (it may be stored): publish again, same n.
+                // The checker counts extra copies as duplicates, never as losses.
+                while bus.publish(&task).await.is_err() {
+                    errors += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                acked.insert(n);
+            }
+            (acked, errors)
+        })
+    };
     // Faults are spread over the run: one fault slot every `tick`.
-    let fault_slots = want_kills + want_redis_kills + want_stalls;
+    let fault_slots = want_kills + want_terms + want_redis_kills + want_stalls;
     let tick = duration / (fault_slots as u32 + 1).max(1);
     let mut next_fault = started + tick;
-    let publish_every = duration.mul_f64(0.8) / (events.max(1) as u32);
-    let mut next_publish = Instant::now();
-    let mut plan: Vec<u8> = Vec::new(); // 0 = worker kill/term, 1 = redis kill, 2 = stall
+    // 0 = worker SIGKILL, 3 = worker SIGTERM, 1 = Redis kill, 2 = Redis stall
+    let mut plan: Vec<u8> = Vec::new();
     plan.extend(std::iter::repeat_n(0, want_kills as usize));
+    plan.extend(std::iter::repeat_n(3, want_terms as usize));
     plan.extend(std::iter::repeat_n(1, want_redis_kills as usize));
     plan.extend(std::iter::repeat_n(2, want_stalls as usize));
     for i in (1..plan.len()).rev() {
         let j = rng.below(i as u64 + 1) as usize;
         plan.swap(i, j);
     }
-
-    while next < events || !plan.is_empty() {
-        let now = Instant::now();
-        if next < events && now >= next_publish {
-            let n = next;
-            let task = Task {
-                n,
-                slow_ms: if rng.below(20) == 0 {
-                    vt.as_millis() as u64 * 3 / 2
-                } else {
-                    rng.below(20)
-                },
-                poison: poison.contains(&n),
-                fail_times: u32::from(rng.below(10) == 0),
-            };
-            match bus.publish(&task).await {
-                Ok(_) => {
-                    acked.insert(n);
-                    next += 1;
-                }
-                Err(_) => {
-                    // Indeterminate: it may or may not be stored. Publish again (same n); the
-                    // checker counts copies as duplicates, never as losses.
-                    c.publish_errors += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            next_publish += publish_every;
-        }
-        if now >= next_fault {
+    while !plan.is_empty() {
+        if Instant::now() >= next_fault {
             if let Some(kind) = plan.pop() {
                 match kind {
-                    0 if !pool.procs.is_empty() => {
+                    0 | 3 if pool.procs.is_empty() => plan.push(kind),
+                    0 => {
                         let i = rng.below(pool.procs.len() as u64) as usize;
-                        if rng.below(4) == 0 {
-                            pool.procs[i].terminate(Duration::from_secs(10));
-                            c.graceful_stops += 1;
-                        } else {
-                            pool.procs[i].kill();
-                            c.worker_kills += 1;
-                        }
+                        pool.procs[i].kill();
+                        c.worker_kills += 1;
+                    }
+                    3 => {
+                        let i = rng.below(pool.procs.len() as u64) as usize;
+                        pool.procs[i].terminate(Duration::from_secs(10));
+                        c.graceful_stops += 1;
                     }
                     1 => {
                         redis.kill().expect("kill redis");
@@ -217,20 +224,21 @@ async fn main() {
                         tokio::time::sleep(Duration::from_millis(300)).await;
                         redis.restart().expect("restart redis");
                     }
-                    2 => {
+                    _ => {
                         redis.pause().expect("SIGSTOP");
                         tokio::time::sleep(vt * 2 + vt / 2).await;
                         redis.resume().expect("SIGCONT");
                         c.redis_stalls += 1;
                     }
-                    _ => {}
                 }
             }
             next_fault += tick;
         }
         pool.supervise(workers);
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let (acked, errors) = producer.await.expect("producer");
+    c.publish_errors = errors;
 
     // Quiescence: every acknowledged publish handled or dead-lettered, nothing pending.
     let dlq = bus.dead_letters("tasks", GROUP).expect("dlq");
