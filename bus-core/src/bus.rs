@@ -70,6 +70,9 @@ pub struct Published {
     pub event_id: String,
     /// The stream entry id Redis assigned.
     pub entry_id: String,
+    /// True when a de-duplicated publish found its key already used within the window: nothing
+    /// was written, and the ids are those of the first publish.
+    pub duplicate: bool,
 }
 
 /// Per-publish options.
@@ -81,6 +84,7 @@ pub struct Published {
 #[derive(Debug, Clone, Default)]
 pub struct PublishOptions {
     headers: Vec<(String, String)>,
+    dedup: Option<(String, Duration)>,
 }
 
 impl PublishOptions {
@@ -94,6 +98,29 @@ impl PublishOptions {
     #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// De-duplicates by an idempotency key (R-3.5): within `window`, only the first publish with
+    /// this key writes an event; later ones return the first one's ids with
+    /// [`Published::duplicate`] set. The key lives in `<prefix>:{<stream>}:dedup:<key>` with the
+    /// window as its TTL, set in the same script as the write.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[derive(serde::Serialize, serde::Deserialize, bus_core::Event)]
+    /// # #[event(stream = "orders")]
+    /// # struct OrderPlaced { order_id: u64 }
+    /// # async fn demo(bus: bus_core::Bus) -> bus_core::Result<()> {
+    /// let opts = bus_core::PublishOptions::new().dedup("order-42", Duration::from_secs(600));
+    /// let first = bus.publish_with(&OrderPlaced { order_id: 42 }, opts.clone()).await?;
+    /// let again = bus.publish_with(&OrderPlaced { order_id: 42 }, opts).await?;
+    /// assert!(again.duplicate && again.event_id == first.event_id);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn dedup(mut self, key: impl Into<String>, window: Duration) -> Self {
+        self.dedup = Some((key.into(), window));
         self
     }
 }
@@ -312,10 +339,10 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// An encoded entry ready for XADD.
-struct Prepared {
-    key: String,
-    event_id: String,
-    fields: Vec<(String, Value)>,
+pub(crate) struct Prepared {
+    pub(crate) key: String,
+    pub(crate) event_id: String,
+    pub(crate) fields: Vec<(String, Value)>,
 }
 
 impl Bus {
@@ -358,7 +385,7 @@ impl Bus {
         Worker::new(self)
     }
 
-    fn prepare<E: Event>(&self, event: &E, opts: &PublishOptions) -> Result<Prepared> {
+    pub(crate) fn prepare<E: Event>(&self, event: &E, opts: &PublishOptions) -> Result<Prepared> {
         validate_name("stream", E::STREAM)?;
         for (name, _) in &opts.headers {
             validate_name("header", name)?;
@@ -400,6 +427,11 @@ impl Bus {
         event: &E,
         opts: PublishOptions,
     ) -> Result<Published> {
+        if let Some((key, window)) = &opts.dedup {
+            validate_name("dedup key", key)?;
+            let p = self.prepare(event, &opts)?;
+            return self.publish_dedup::<E>(p, key, *window).await;
+        }
         let p = self.prepare(event, &opts)?;
         let span = tracing::debug_span!("publish", stream = E::STREAM, event_id = %p.event_id);
         let _enter = span.enter();
@@ -412,6 +444,44 @@ impl Bus {
         Ok(Published {
             event_id: p.event_id,
             entry_id,
+            duplicate: false,
+        })
+    }
+
+    async fn publish_dedup<E: Event>(
+        &self,
+        p: Prepared,
+        key: &str,
+        window: Duration,
+    ) -> Result<Published> {
+        let dedup_key = self.keys(E::STREAM).dedup(key);
+        let mut args = vec![
+            Value::from(window.as_millis().max(1) as i64),
+            Value::from(p.event_id.as_str()),
+        ];
+        for (k, v) in p.fields {
+            args.push(Value::from(k));
+            args.push(v);
+        }
+        let reply = crate::redis::eval(
+            crate::redis::dedup_publish_script(),
+            &self.inner.client,
+            vec![dedup_key, p.key],
+            args,
+        )
+        .await?;
+        let (fresh, stored): (i64, String) = reply.convert()?;
+        let (event_id, entry_id) = match stored.split_once('|') {
+            Some((e, i)) => (e.to_owned(), i.to_owned()),
+            None => (p.event_id, stored),
+        };
+        if fresh == 1 {
+            crate::metrics::published(E::STREAM, 1);
+        }
+        Ok(Published {
+            event_id,
+            entry_id,
+            duplicate: fresh != 1,
         })
     }
 
@@ -439,7 +509,11 @@ impl Bus {
         Ok(event_ids
             .into_iter()
             .zip(entry_ids)
-            .map(|(event_id, entry_id)| Published { event_id, entry_id })
+            .map(|(event_id, entry_id)| Published {
+                event_id,
+                entry_id,
+                duplicate: false,
+            })
             .collect())
     }
 

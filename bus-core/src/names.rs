@@ -8,7 +8,8 @@
 //! | `<prefix>:{<stream>}:stream` | stream | the events |
 //! | `<prefix>:{<stream>}:dlq:<group>` | stream | the group's dead letters |
 //! | `<prefix>:{<stream>}:retry:<group>` | hash | entry id → `due ms|last error` for entries waiting for a retry |
-//! | `<prefix>:{<stream>}:delayed` | sorted set | delayed publishes (reserved) |
+//! | `<prefix>:{<stream>}:delayed` | sorted set | delayed publishes, scored by due time (Redis clock) |
+//! | `<prefix>:{<stream>}:dedup:<key>` | string | de-duplicated publish: `event id|entry id`, TTL = window |
 //! | `<prefix>:{<stream>}:status:<event id>` | hash | per-event status (reserved) |
 
 use crate::error::{Error, Result};
@@ -68,6 +69,14 @@ impl StreamKeys {
 
     pub(crate) fn dead_letter(&self, group: &str) -> String {
         format!("{}:dlq:{group}", self.base)
+    }
+
+    pub(crate) fn dedup(&self, key: &str) -> String {
+        format!("{}:dedup:{key}", self.base)
+    }
+
+    pub(crate) fn delayed(&self) -> String {
+        format!("{}:delayed", self.base)
     }
 
     pub(crate) fn retries(&self, group: &str) -> String {

@@ -311,6 +311,19 @@ end
 return n
 "#;
 
+/// De-duplicated publish (R-3.5): the first publish with a key within its window writes the entry
+/// and records `event id|entry id` under the key with the window as TTL, in one script.
+/// KEYS: dedup key, stream. ARGV: window ms, event id, field/value pairs…
+/// Returns `{1, "event|entry"}` when written, `{0, "event|entry"}` of the first publish otherwise.
+const DEDUP_PUBLISH_LUA: &str = r#"
+local prev = redis.call('GET', KEYS[1])
+if prev then return {0, prev} end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+local v = ARGV[2] .. '|' .. id
+redis.call('SET', KEYS[1], v, 'PX', tonumber(ARGV[1]))
+return {1, v}
+"#;
+
 macro_rules! script {
     ($name:ident, $body:ident) => {
         pub(crate) fn $name() -> &'static Script {
@@ -327,6 +340,7 @@ script!(renew_script, RENEW_LUA);
 script!(release_script, RELEASE_LUA);
 script!(delete_idle_consumer_script, DELETE_IDLE_CONSUMER_LUA);
 script!(replay_script, REPLAY_LUA);
+script!(dedup_publish_script, DEDUP_PUBLISH_LUA);
 
 /// Parses an XAUTOCLAIM … JUSTID reply: `(next cursor, claimed ids, deleted ids)`. Redis 6.2
 /// sends no deleted list.

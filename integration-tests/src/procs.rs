@@ -50,6 +50,7 @@ pub struct WorkerArgs {
     pub visibility_timeout: Duration,
     pub max_attempts: u32,
     pub grace: Duration,
+    pub mover_interval: Duration,
     pub consumer: Option<String>,
 }
 
@@ -64,6 +65,7 @@ impl WorkerArgs {
             visibility_timeout: Duration::from_secs(1),
             max_attempts: 5,
             grace: Duration::from_secs(10),
+            mover_interval: Duration::from_millis(500),
             consumer: None,
         }
     }
@@ -114,7 +116,9 @@ impl WorkerProc {
             .arg("--max-attempts")
             .arg(args.max_attempts.to_string())
             .arg("--grace-ms")
-            .arg(args.grace.as_millis().to_string());
+            .arg(args.grace.as_millis().to_string())
+            .arg("--mover-ms")
+            .arg(args.mover_interval.as_millis().to_string());
         if let Some(c) = &args.consumer {
             cmd.arg("--consumer").arg(c);
         }

@@ -215,6 +215,10 @@ impl Runtime {
         })
     }
 
+    pub(crate) fn stream(&self) -> &'static str {
+        self.shared.sub.stream()
+    }
+
     pub(crate) fn reader(&self) -> &Client {
         &self.reader
     }

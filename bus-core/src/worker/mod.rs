@@ -102,6 +102,7 @@ pub struct Worker {
 pub(crate) struct WorkerSettings {
     pub(crate) grace: Duration,
     pub(crate) reap_after: Option<Duration>,
+    pub(crate) mover_interval: Duration,
 }
 
 impl std::fmt::Debug for Worker {
@@ -146,6 +147,7 @@ impl Worker {
             settings: WorkerSettings {
                 grace: Duration::from_secs(30),
                 reap_after: Some(Duration::from_secs(3600)),
+                mover_interval: Duration::from_millis(500),
             },
         }
     }
@@ -194,6 +196,14 @@ impl Worker {
     #[must_use]
     pub fn reap_consumers_after(mut self, idle: Option<Duration>) -> Self {
         self.settings.reap_after = idle;
+        self
+    }
+
+    /// How often this worker moves due delayed events into the streams it subscribes to (default
+    /// 500 ms): a delayed event appears in its stream at most this long after it is due.
+    #[must_use]
+    pub fn move_delayed_every(mut self, interval: Duration) -> Self {
+        self.settings.mover_interval = interval.max(Duration::from_millis(10));
         self
     }
 
@@ -256,6 +266,20 @@ impl Worker {
                 }
             }
         }
+        let mut streams: Vec<&'static str> = subs.iter().map(|rt| rt.stream()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let movers = streams
+            .into_iter()
+            .map(|stream| {
+                tokio::spawn(crate::delayed::mover_loop(
+                    self.bus.clone(),
+                    stream,
+                    self.settings.mover_interval,
+                    stop_rx.clone(),
+                ))
+            })
+            .collect();
         let mut running = Vec::with_capacity(subs.len());
         for rt in subs {
             let reader = rt.reader().clone();
@@ -272,6 +296,7 @@ impl Worker {
             consumer,
             stop: stop_tx,
             running,
+            movers,
         })
     }
 
@@ -297,6 +322,7 @@ pub struct WorkerHandle {
     consumer: String,
     stop: watch::Sender<bool>,
     running: Vec<Running>,
+    movers: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for WorkerHandle {
@@ -331,6 +357,9 @@ impl WorkerHandle {
         });
         futures::future::join_all(unblock).await;
         let mut result = Ok(());
+        for m in self.movers {
+            let _ = m.await;
+        }
         for r in self.running {
             if let Err(e) = r.task.await {
                 tracing::error!(error = %e, "subscriber task failed");

@@ -96,6 +96,7 @@ async fn main() {
     let mut worker = bus
         .worker()
         .shutdown_grace(Duration::from_millis(num("--grace-ms", 10_000u64)))
+        .move_delayed_every(Duration::from_millis(num("--mover-ms", 500u64)))
         .subscribe(sub);
     if let Some(c) = arg("--consumer") {
         worker = worker.consumer_name(c);

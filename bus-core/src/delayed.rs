@@ -1,0 +1,212 @@
+//! Delayed and scheduled publish (R-3.4).
+//!
+//! A delayed event waits in the stream's sorted set `<prefix>:{<stream>}:delayed`, scored by its
+//! due time in Unix ms on **Redis's** clock (`publish_after` computes it in a script from `TIME`).
+//! The member is the entry's field list, MessagePack-encoded (an array of raw strings), so the
+//! mover script can rebuild the entry with the built-in `cmsgpack`. Every worker process runs a
+//! mover for the streams it subscribes to: one script that moves due members into the stream and
+//! removes them from the set atomically, so any number of concurrent movers never duplicate or
+//! lose an event.
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::Value;
+use tokio::sync::watch;
+
+use crate::bus::{Bus, PublishOptions};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::redis::{self, value_bytes};
+
+/// Most events moved by one mover call.
+const MOVE_BATCH: i64 = 200;
+
+/// What [`Bus::publish_after`] and [`Bus::publish_at`] return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduled {
+    /// The producer-made event id (the same id the handler will see).
+    pub event_id: String,
+    /// When it is due, Unix ms on Redis's clock.
+    pub due_ms: u64,
+}
+
+/// KEYS: delayed set. ARGV: delay ms (or `at:<unix ms>` for an absolute time), member.
+/// Returns the due time.
+const SCHEDULE_LUA: &str = r#"
+local due
+if string.sub(ARGV[1], 1, 3) == 'at:' then
+  due = tonumber(string.sub(ARGV[1], 4))
+else
+  local t = redis.call('TIME')
+  due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+end
+redis.call('ZADD', KEYS[1], due, ARGV[2])
+return due
+"#;
+
+/// KEYS: delayed set, stream. ARGV: most to move. Moves every member due by Redis `TIME` into the
+/// stream and removes it from the set, in one atomic step. Returns how many were moved.
+const MOVE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  local ok, fields = pcall(cmsgpack.unpack, m)
+  if ok and type(fields) == 'table' and #fields >= 2 and #fields % 2 == 0 then
+    redis.call('XADD', KEYS[2], '*', unpack(fields))
+  end
+  redis.call('ZREM', KEYS[1], m)
+end
+return #due
+"#;
+
+fn schedule_script() -> &'static Script {
+    static S: OnceLock<Script> = OnceLock::new();
+    S.get_or_init(|| Script::from_lua(SCHEDULE_LUA))
+}
+
+fn move_script() -> &'static Script {
+    static S: OnceLock<Script> = OnceLock::new();
+    S.get_or_init(|| Script::from_lua(MOVE_LUA))
+}
+
+/// Encodes an entry's fields as a MessagePack array of raw strings. Redis's `cmsgpack` has no
+/// `bin` type, so byte strings go as `str` headers followed by the raw bytes (Lua strings are
+/// binary-safe; `cmsgpack` does not check UTF-8).
+fn encode_member(fields: &[(String, Value)]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(64);
+    let enc = |e: rmp::encode::ValueWriteError| Error::Encode(e.to_string());
+    rmp::encode::write_array_len(&mut out, (fields.len() * 2) as u32).map_err(enc)?;
+    for (k, v) in fields {
+        let b =
+            value_bytes(v.clone()).ok_or_else(|| Error::Encode("unexpected field value".into()))?;
+        for bytes in [k.as_bytes(), &b[..]] {
+            rmp::encode::write_str_len(&mut out, bytes.len() as u32).map_err(enc)?;
+            out.extend_from_slice(bytes);
+        }
+    }
+    Ok(out)
+}
+
+impl Bus {
+    /// Publishes an event that handlers see once `delay` has passed (measured on Redis's clock).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[derive(serde::Serialize, serde::Deserialize, bus_core::Event)]
+    /// # #[event(stream = "orders")]
+    /// # struct Reminder { order_id: u64 }
+    /// # async fn demo(bus: bus_core::Bus) -> bus_core::Result<()> {
+    /// let s = bus.publish_after(&Reminder { order_id: 7 }, Duration::from_secs(3600)).await?;
+    /// println!("event {} due at {} ms", s.event_id, s.due_ms);
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_after<E: Event>(&self, event: &E, delay: Duration) -> Result<Scheduled> {
+        self.schedule(
+            event,
+            (delay.as_millis() as u64).to_string(),
+            PublishOptions::new(),
+        )
+        .await
+    }
+
+    /// Publishes an event that handlers see from `at` on (wall-clock time; a time in the past is
+    /// due at once).
+    pub async fn publish_at<E: Event>(&self, event: &E, at: SystemTime) -> Result<Scheduled> {
+        let ms = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.schedule(event, format!("at:{ms}"), PublishOptions::new())
+            .await
+    }
+
+    async fn schedule<E: Event>(
+        &self,
+        event: &E,
+        when: String,
+        opts: PublishOptions,
+    ) -> Result<Scheduled> {
+        let p = self.prepare(event, &opts)?;
+        let member = encode_member(&p.fields)?;
+        let delayed = self.keys(E::STREAM).delayed();
+        let due = redis::eval(
+            schedule_script(),
+            &self.inner.client,
+            vec![delayed],
+            vec![Value::from(when), Value::Bytes(member.into())],
+        )
+        .await?;
+        Ok(Scheduled {
+            event_id: p.event_id,
+            due_ms: due.as_u64().unwrap_or(0),
+        })
+    }
+
+    /// How many events wait in a stream's delayed set.
+    pub async fn delayed_count(&self, stream: &str) -> Result<u64> {
+        crate::names::validate_name("stream", stream)?;
+        Ok(self.inner.client.zcard(self.keys(stream).delayed()).await?)
+    }
+}
+
+/// Moves due delayed events of one stream into it, every `interval`, until `stop`.
+pub(crate) async fn mover_loop(
+    bus: Bus,
+    stream: &'static str,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let keys = bus.keys(stream);
+    let (delayed, key) = (keys.delayed(), keys.stream().to_owned());
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let r = redis::eval(
+            move_script(),
+            &bus.inner.client,
+            vec![delayed.clone(), key.clone()],
+            vec![Value::from(MOVE_BATCH)],
+        )
+        .await;
+        let moved = match r {
+            Ok(v) => v.as_i64().unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(stream, error = %e, "moving delayed events failed");
+                0
+            }
+        };
+        if moved > 0 {
+            tracing::debug!(stream, moved, "moved due delayed events");
+        }
+        if moved >= MOVE_BATCH {
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_msgpack_arrays_of_raw_strings() {
+        let m = encode_member(&[
+            ("p".into(), Value::Bytes(vec![0xff, 0].into())),
+            ("v".into(), Value::from("1")),
+        ])
+        .expect("encode");
+        assert_eq!(
+            m,
+            vec![0x94, 0xa1, b'p', 0xa2, 0xff, 0, 0xa1, b'v', 0xa1, b'1']
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! Job-queue capabilities: delayed and scheduled publish (with competing movers that get killed),
+//! de-duplicated publish.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use bus_core::{subscriber_fn, Event, PublishOptions, SubscriberOptions};
+use fred::prelude::*;
+use integration_tests::procs::{Task, TempDir, WorkerArgs, WorkerProc};
+use integration_tests::{eventually, Recorder, TestEnv};
+use serde::{Deserialize, Serialize};
+
+const T: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(stream = "jobs")]
+struct Job {
+    n: u64,
+}
+
+async fn redis_ms(env: &TestEnv) -> u64 {
+    let (s, us): (u64, u64) = env
+        .bus
+        .redis()
+        .custom(
+            fred::types::CustomCommand::new_static("TIME", None, false),
+            Vec::<String>::new(),
+        )
+        .await
+        .expect("TIME");
+    s * 1000 + us / 1000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_events_are_handled_when_due_and_not_before() {
+    let env = TestEnv::new("delayed").await;
+    let rec = Recorder::new();
+    let rc = rec.clone();
+    let w = env
+        .bus
+        .worker()
+        .move_delayed_every(Duration::from_millis(50))
+        .subscribe(subscriber_fn(
+            SubscriberOptions::new("g"),
+            move |j: Job, _| {
+                let rc = rc.clone();
+                async move {
+                    rc.record(j.n.to_string());
+                }
+            },
+        ))
+        .start()
+        .await
+        .expect("start");
+    let before = redis_ms(&env).await;
+    let s = env
+        .bus
+        .publish_after(&Job { n: 1 }, Duration::from_millis(700))
+        .await
+        .expect("after");
+    assert!(
+        s.due_ms >= before + 700 && s.due_ms < before + 1500,
+        "due {} vs now {before}",
+        s.due_ms
+    );
+    let past = env
+        .bus
+        .publish_at(&Job { n: 2 }, SystemTime::now() - Duration::from_secs(5))
+        .await
+        .expect("at");
+    assert!(past.due_ms < before);
+    assert_eq!(env.bus.delayed_count("jobs").await.expect("count"), 2);
+    let started = Instant::now();
+    rec.wait_for(T, "the past-due event", |s| s.contains_key("2"))
+        .await;
+    assert!(
+        !rec.snapshot().contains_key("1"),
+        "the delayed event came early"
+    );
+    rec.wait_for(T, "the delayed event", |s| s.contains_key("1"))
+        .await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(600),
+        "handled after {waited:?}"
+    );
+    assert_eq!(env.bus.delayed_count("jobs").await.expect("count"), 0);
+    w.shutdown().await.expect("shutdown");
+    // The handler saw the producer's event id.
+    assert_eq!(rec.total(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn competing_movers_that_get_killed_move_every_delayed_event_exactly_once_and_on_time() {
+    let env = TestEnv::new("movers").await;
+    let dir = TempDir::new("movers");
+    let mut args = WorkerArgs::new(&env.url, &env.prefix, "g", &dir.ledger("m0"));
+    args.mover_interval = Duration::from_millis(100);
+    let mut movers = Vec::new();
+    for i in 0..8 {
+        args.ledger = dir.ledger(&format!("m{i}"));
+        movers.push(WorkerProc::spawn(&args).expect("mover"));
+    }
+    // 400 events due over the next 3 s, several at the same millisecond.
+    let mut due: HashMap<u64, u64> = HashMap::new();
+    for n in 0..400u64 {
+        let delay = Duration::from_millis(300 + (n * 7) % 2700);
+        let s = env
+            .bus
+            .publish_after(&Task::new(n), delay)
+            .await
+            .expect("schedule");
+        due.insert(n, s.due_ms);
+    }
+    // Kill two movers in the middle of it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    movers[0].kill();
+    movers[5].kill();
+    eventually(T, "the delayed set to empty", || async {
+        env.bus.delayed_count("tasks").await.expect("count") == 0
+    })
+    .await;
+    let key = env.bus.stream_key("tasks").expect("key");
+    let entries: Vec<(String, HashMap<String, fred::bytes::Bytes>)> = env
+        .bus
+        .redis()
+        .xrange(key.as_str(), "-", "+", None)
+        .await
+        .expect("XRANGE");
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    let mut late = Vec::new();
+    for (id, fields) in &entries {
+        let payload = fields.get("p").expect("payload");
+        let t: Task = bus_core::Codec::MessagePack.decode(payload).expect("task");
+        *seen.entry(t.n).or_default() += 1;
+        let at: u64 = id
+            .split('-')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .expect("ms");
+        let d = due[&t.n];
+        assert!(
+            at >= d,
+            "task {} moved at {at}, before its due time {d}",
+            t.n
+        );
+        // Within the mover interval (100 ms), with slack for scheduling on a busy 2-core box.
+        if at > d + 100 + 400 {
+            late.push((t.n, at - d));
+        }
+    }
+    assert_eq!(seen.len(), 400, "every delayed event reaches the stream");
+    assert!(seen.values().all(|c| *c == 1), "an event was moved twice");
+    assert!(
+        late.is_empty(),
+        "moved too late (task, ms after due): {late:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deduplicated_publish_writes_once_per_window() {
+    let env = TestEnv::new("dedup").await;
+    let opts = PublishOptions::new().dedup("order-42", Duration::from_millis(500));
+    let first = env
+        .bus
+        .publish_with(&Job { n: 1 }, opts.clone())
+        .await
+        .expect("first");
+    assert!(!first.duplicate);
+    for _ in 0..3 {
+        let again = env
+            .bus
+            .publish_with(&Job { n: 1 }, opts.clone())
+            .await
+            .expect("again");
+        assert!(again.duplicate);
+        assert_eq!(
+            (again.event_id.as_str(), again.entry_id.as_str()),
+            (first.event_id.as_str(), first.entry_id.as_str())
+        );
+    }
+    let key = env.bus.stream_key("jobs").expect("key");
+    let len: u64 = env.bus.redis().xlen(key.as_str()).await.expect("XLEN");
+    assert_eq!(len, 1);
+    let dedup_key = format!("{}:{{jobs}}:dedup:order-42", env.prefix);
+    let ttl: i64 = env
+        .bus
+        .redis()
+        .pttl(dedup_key.as_str())
+        .await
+        .expect("PTTL");
+    assert!(
+        ttl > 0 && ttl <= 500,
+        "the de-dup key must carry the window as TTL: {ttl}"
+    );
+    // Other keys are independent; after the window the same key publishes again.
+    let other = env
+        .bus
+        .publish_with(
+            &Job { n: 2 },
+            PublishOptions::new().dedup("order-43", Duration::from_secs(5)),
+        )
+        .await
+        .expect("other");
+    assert!(!other.duplicate);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = env
+        .bus
+        .publish_with(&Job { n: 1 }, opts)
+        .await
+        .expect("later");
+    assert!(!later.duplicate);
+    assert_ne!(later.event_id, first.event_id);
+    let len: u64 = env.bus.redis().xlen(key.as_str()).await.expect("XLEN");
+    assert_eq!(len, 3);
+}
