@@ -88,6 +88,7 @@ mod shutdown;
 mod subscriber;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod trim;
 mod worker;
 
 pub use bus::{Bus, BusBuilder, PublishOptions, Published, DEFAULT_MAX_PAYLOAD};
@@ -102,6 +103,7 @@ pub use subscriber::{
     subscriber_fn, Context, ContextBuilder, FnSubscriber, HandlerResult, IntoHandlerResult,
     StartFrom, Subscriber, SubscriberOptions,
 };
+pub use trim::Retention;
 pub use worker::{default_consumer_name, Worker, WorkerHandle};
 
 #[cfg(feature = "macros")]

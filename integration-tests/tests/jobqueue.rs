@@ -214,3 +214,118 @@ async fn a_deduplicated_publish_writes_once_per_window() {
     let len: u64 = env.bus.redis().xlen(key.as_str()).await.expect("XLEN");
     assert_eq!(len, 3);
 }
+
+async fn xlen(env: &TestEnv, stream: &str) -> u64 {
+    let key = env.bus.stream_key(stream).expect("key");
+    env.bus.redis().xlen(key.as_str()).await.expect("XLEN")
+}
+
+fn job_recorder(group: &str, rec: &Recorder) -> impl bus_core::Subscriber<Event = Job> {
+    let rec = rec.clone();
+    subscriber_fn(SubscriberOptions::new(group), move |j: Job, _| {
+        let rec = rec.clone();
+        async move {
+            rec.record(j.n.to_string());
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_never_removes_what_a_lagging_group_still_needs() {
+    let env = TestEnv::new("trimlag").await;
+    let (fast, slow) = (Recorder::new(), Recorder::new());
+    // The slow group reads 50 events, then its worker goes away.
+    let events: Vec<Job> = (0..50).map(|n| Job { n }).collect();
+    env.bus.publish_batch(&events).await.expect("publish");
+    let s = env
+        .bus
+        .worker()
+        .trim_every(None)
+        .subscribe(job_recorder("slow", &slow))
+        .start()
+        .await
+        .expect("slow");
+    slow.wait_for(T, "50 events", |m| m.len() == 50).await;
+    s.shutdown().await.expect("shutdown");
+    let events: Vec<Job> = (50..200).map(|n| Job { n }).collect();
+    env.bus.publish_batch(&events).await.expect("publish");
+    let f = env
+        .bus
+        .worker()
+        .trim_every(Some(Duration::from_millis(50)))
+        .subscribe(job_recorder("fast", &fast))
+        .start()
+        .await
+        .expect("fast");
+    fast.wait_for(T, "all 200", |m| m.len() == 200).await;
+    // The fast group has acknowledged everything; the trimmer may drop only what slow has too.
+    eventually(T, "the trim to the slow group's position", || async {
+        xlen(&env, "jobs").await == 150
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        xlen(&env, "jobs").await,
+        150,
+        "trimmed past the lagging group"
+    );
+    f.shutdown().await.expect("shutdown");
+    // The lagging group catches up with nothing lost.
+    let s = env
+        .bus
+        .worker()
+        .trim_every(None)
+        .subscribe(job_recorder("slow", &slow))
+        .start()
+        .await
+        .expect("slow");
+    slow.wait_for(T, "the other 150", |m| m.len() == 200).await;
+    s.shutdown().await.expect("shutdown");
+    assert_eq!(slow.total(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_groups_keep_up_stays_bounded_with_optional_retention() {
+    let env = TestEnv::new("trimbound").await;
+    let (a, b) = (Recorder::new(), Recorder::new());
+    let w = env
+        .bus
+        .worker()
+        .trim_every(Some(Duration::from_millis(50)))
+        .retention(bus_core::Retention {
+            min_age: Duration::ZERO,
+            min_count: 25,
+        })
+        .subscribe(job_recorder("a", &a))
+        .subscribe(job_recorder("b", &b))
+        .start()
+        .await
+        .expect("start");
+    let mut max_len = 0;
+    for round in 0..10u64 {
+        let events: Vec<Job> = (round * 100..round * 100 + 100)
+            .map(|n| Job { n })
+            .collect();
+        env.bus.publish_batch(&events).await.expect("publish");
+        let want = (round as usize + 1) * 100;
+        a.wait_for(T, "group a", |m| m.len() == want).await;
+        b.wait_for(T, "group b", |m| m.len() == want).await;
+        max_len = max_len.max(xlen(&env, "jobs").await);
+    }
+    eventually(T, "the trim down to the retained 25", || async {
+        xlen(&env, "jobs").await == 25
+    })
+    .await;
+    w.shutdown().await.expect("shutdown");
+    assert!(
+        max_len < 400,
+        "the stream grew to {max_len} entries while both groups kept up"
+    );
+    // With no groups at all nothing is trimmed (nobody has consumed anything).
+    let removed = env
+        .bus
+        .trim("empty", bus_core::Retention::default())
+        .await
+        .expect("trim");
+    assert_eq!(removed, 0);
+}

@@ -103,6 +103,8 @@ pub(crate) struct WorkerSettings {
     pub(crate) grace: Duration,
     pub(crate) reap_after: Option<Duration>,
     pub(crate) mover_interval: Duration,
+    pub(crate) trim_interval: Option<Duration>,
+    pub(crate) retention: crate::trim::Retention,
 }
 
 impl std::fmt::Debug for Worker {
@@ -148,6 +150,8 @@ impl Worker {
                 grace: Duration::from_secs(30),
                 reap_after: Some(Duration::from_secs(3600)),
                 mover_interval: Duration::from_millis(500),
+                trim_interval: Some(Duration::from_secs(30)),
+                retention: crate::trim::Retention::default(),
             },
         }
     }
@@ -204,6 +208,22 @@ impl Worker {
     #[must_use]
     pub fn move_delayed_every(mut self, interval: Duration) -> Self {
         self.settings.mover_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How often this worker trims the streams it subscribes to (default every 30 s; `None` turns
+    /// it off). Trimming is safe: it removes only entries that every group of the stream has
+    /// delivered and acknowledged.
+    #[must_use]
+    pub fn trim_every(mut self, interval: Option<Duration>) -> Self {
+        self.settings.trim_interval = interval.map(|d| d.max(Duration::from_millis(10)));
+        self
+    }
+
+    /// What trimming keeps beyond what the groups still need (default: nothing).
+    #[must_use]
+    pub fn retention(mut self, retention: crate::trim::Retention) -> Self {
+        self.settings.retention = retention;
         self
     }
 
@@ -269,8 +289,8 @@ impl Worker {
         let mut streams: Vec<&'static str> = subs.iter().map(|rt| rt.stream()).collect();
         streams.sort_unstable();
         streams.dedup();
-        let movers = streams
-            .into_iter()
+        let mut movers: Vec<JoinHandle<()>> = streams
+            .iter()
             .map(|stream| {
                 tokio::spawn(crate::delayed::mover_loop(
                     self.bus.clone(),
@@ -280,6 +300,17 @@ impl Worker {
                 ))
             })
             .collect();
+        if let Some(every) = self.settings.trim_interval {
+            movers.extend(streams.iter().map(|stream| {
+                tokio::spawn(crate::trim::trim_loop(
+                    self.bus.clone(),
+                    stream,
+                    every,
+                    self.settings.retention,
+                    stop_rx.clone(),
+                ))
+            }));
+        }
         let mut running = Vec::with_capacity(subs.len());
         for rt in subs {
             let reader = rt.reader().clone();
