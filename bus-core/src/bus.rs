@@ -49,6 +49,7 @@ pub(crate) struct BusInner {
     pub(crate) codec: Codec,
     pub(crate) max_payload: usize,
     pub(crate) url: String,
+    pub(crate) waiters: tokio::sync::OnceCell<crate::status::Waiters>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -222,6 +223,7 @@ impl BusBuilder {
                 codec: self.codec,
                 max_payload: self.max_payload,
                 url: redacted,
+                waiters: tokio::sync::OnceCell::new(),
             }),
         })
     }

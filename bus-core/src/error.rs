@@ -67,6 +67,17 @@ pub enum Error {
     /// Invalid configuration (for example two subscribers for the same stream and group in one worker).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Waiting for an outcome took longer than allowed.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The event was dead-lettered by the group a request waited for.
+    #[error("group {group} gave up on the event: {error}")]
+    Failed {
+        /// The group.
+        group: String,
+        /// Its last error.
+        error: String,
+    },
     /// A Redis command failed (connection lost, timeout, server error).
     #[error("redis error: {0}")]
     Redis(RedisError),

@@ -85,6 +85,7 @@ mod metrics;
 mod names;
 mod redis;
 mod shutdown;
+mod status;
 mod subscriber;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -99,9 +100,10 @@ pub use error::{Action, BoxError, Error, HandlerError, RedisError, Result};
 pub use event::Event;
 pub use names::{validate_name, MAX_NAME_LEN};
 pub use shutdown::shutdown_signal;
+pub use status::{GroupStatus, State};
 pub use subscriber::{
-    subscriber_fn, Context, ContextBuilder, FnSubscriber, HandlerResult, IntoHandlerResult,
-    StartFrom, Subscriber, SubscriberOptions,
+    subscriber_fn, Context, ContextBuilder, FnSubscriber, HandlerOutput, HandlerResult,
+    IntoHandlerResult, StartFrom, Subscriber, SubscriberOptions,
 };
 pub use trim::Retention;
 pub use worker::{default_consumer_name, Worker, WorkerHandle};

@@ -10,7 +10,7 @@
 //! | `<prefix>:{<stream>}:retry:<group>` | hash | entry id → `due ms|last error` for entries waiting for a retry |
 //! | `<prefix>:{<stream>}:delayed` | sorted set | delayed publishes, scored by due time (Redis clock) |
 //! | `<prefix>:{<stream>}:dedup:<key>` | string | de-duplicated publish: `event id|entry id`, TTL = window |
-//! | `<prefix>:{<stream>}:status:<event id>` | hash | per-event status (reserved) |
+//! | `<prefix>:{<stream>}:status:<event id>` | hash | per-event, per-group status and result, with a TTL |
 
 use crate::error::{Error, Result};
 
@@ -73,6 +73,14 @@ impl StreamKeys {
 
     pub(crate) fn dedup(&self, key: &str) -> String {
         format!("{}:dedup:{key}", self.base)
+    }
+
+    pub(crate) fn status(&self, event_id: &str) -> String {
+        format!("{}:status:{event_id}", self.base)
+    }
+
+    pub(crate) fn done_channel(&self, event_id: &str) -> String {
+        format!("{}:done:{event_id}", self.base)
     }
 
     pub(crate) fn delayed(&self) -> String {

@@ -159,8 +159,12 @@ local function dead_letter(stream, dlq, retries, group, id, me, reason, err, att
     'dl.reason', reason, 'dl.error', err, 'dl.failed_at', string.format('%d', now_ms()),
     'dl.consumer', me}
   local e = redis.call('XRANGE', stream, id, id)
+  local event_id = ''
   if #e > 0 then
     local f = e[1][2]
+    for i = 1, #f - 1, 2 do
+      if f[i] == 'id' then event_id = f[i + 1]; break end
+    end
     local n = #f
     if n > 7000 then n = 7000; args[#args + 1] = 'dl.truncated'; args[#args + 1] = '1' end
     for i = 1, n do args[#args + 1] = f[i] end
@@ -170,6 +174,7 @@ local function dead_letter(stream, dlq, retries, group, id, me, reason, err, att
   redis.call(unpack(args))
   redis.call('XACK', stream, group, id)
   redis.call('HDEL', retries, id)
+  return event_id
 end
 "#;
 
@@ -206,7 +211,7 @@ return due
 /// otherwise claims it with a delivery-count bump and returns the entry.
 ///
 /// KEYS: stream, dead-letter stream, retry hash. ARGV: group, entry id, consumer, max attempts.
-/// Returns `{1, count, fields}` to run, `{0, attempts}` when dead-lettered, `{-1}`/`{-2}` when not
+/// Returns `{1, count, fields}` to run, `{0, attempts, event id}` when dead-lettered, `{-1}`/`{-2}` when not
 /// ours, `{-3}` when the entry was deleted while pending (acknowledged away).
 const TAKE_LUA: &str = r#"
 local c = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
@@ -218,8 +223,8 @@ if c + 1 > tonumber(ARGV[4]) then
     local sep = string.find(info, '|', 1, true)
     if sep then err = string.sub(info, sep + 1) end
   end
-  dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], 'max_attempts', err, c)
-  return {0, c}
+  local event_id = dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], 'max_attempts', err, c)
+  return {0, c, event_id}
 end
 local e = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2])
 if #e == 0 or not e[1] or not e[1][2] then

@@ -12,7 +12,14 @@ use crate::error::HandlerError;
 use crate::event::Event;
 
 /// What a handler run produced.
-pub type HandlerResult = Result<(), HandlerError>;
+pub type HandlerResult = Result<HandlerOutput, HandlerError>;
+
+/// The value a successful handler returned, MessagePack-encoded when the subscriber keeps results
+/// (see [`SubscriberOptions::track_status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandlerOutput {
+    pub(crate) result: Option<Vec<u8>>,
+}
 
 /// Where a new consumer group starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,6 +55,9 @@ pub struct SubscriberOptions {
     block: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
+    track_status: bool,
+    status_ttl: Duration,
+    status_safety_ttl: Duration,
 }
 
 impl SubscriberOptions {
@@ -63,6 +73,9 @@ impl SubscriberOptions {
             block: Duration::from_secs(2),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            track_status: false,
+            status_ttl: Duration::from_secs(24 * 3600),
+            status_safety_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 
@@ -131,6 +144,36 @@ impl SubscriberOptions {
         self
     }
 
+    /// Records per-event status for this group — state (`running`, `failed`, `succeeded`, `dead`),
+    /// attempts, last error and the handler's returned value — in `<prefix>:{<stream>}:status:<event
+    /// id>`, and announces completion over Pub/Sub, for [`Bus::status`](crate::Bus::status),
+    /// [`Bus::wait_for`](crate::Bus::wait_for) and [`Bus::request`](crate::Bus::request). Costs
+    /// two extra round trips per event. Default off.
+    #[must_use]
+    pub fn track_status(mut self, on: bool) -> Self {
+        self.track_status = on;
+        self
+    }
+
+    /// How long a status record lives after its last completion (default 24 h), and at least
+    /// after any write (`safety`, default 7 days, for events whose handling never ends).
+    #[must_use]
+    pub fn status_ttl(mut self, after_completion: Duration, safety: Duration) -> Self {
+        self.status_ttl = after_completion;
+        self.status_safety_ttl = safety.max(after_completion);
+        self
+    }
+
+    /// Whether status is tracked.
+    pub fn get_track_status(&self) -> bool {
+        self.track_status
+    }
+
+    /// The status TTLs `(after completion, safety)`.
+    pub fn get_status_ttl(&self) -> (Duration, Duration) {
+        (self.status_ttl, self.status_safety_ttl)
+    }
+
     /// The retry backoff bounds `(min, max)`.
     pub fn get_backoff(&self) -> (Duration, Duration) {
         (self.backoff_min, self.backoff_max)
@@ -179,6 +222,7 @@ struct ContextInner {
     attempt: u32,
     published_at_ms: u64,
     headers: Vec<(String, String)>,
+    keep_result: bool,
 }
 
 impl Context {
@@ -242,6 +286,11 @@ impl Context {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether the handler's returned value is kept (the subscriber tracks status).
+    pub fn keeps_result(&self) -> bool {
+        self.inner.keep_result
+    }
+
     /// All headers, in publish order.
     pub fn headers(&self) -> &[(String, String)] {
         &self.inner.headers
@@ -267,6 +316,7 @@ impl Default for ContextBuilder {
                 attempt: 1,
                 published_at_ms: 0,
                 headers: Vec::new(),
+                keep_result: false,
             },
         }
     }
@@ -334,21 +384,33 @@ pub trait Subscriber: Send + Sync + 'static {
 }
 
 /// Converts what a handler returns into a [`HandlerResult`]: `()`, or `Result<T, E>` for any
-/// `E: Into<HandlerError>` (so any `std::error::Error`, `String` or `&str`).
+/// serializable `T` and any `E: Into<HandlerError>` (so any `std::error::Error`, `String` or
+/// `&str`). The `T` is encoded (MessagePack) only when `keep_result` is set.
 pub trait IntoHandlerResult {
     /// The conversion.
-    fn into_handler_result(self) -> HandlerResult;
+    fn into_handler_result(self, keep_result: bool) -> HandlerResult;
 }
 
 impl IntoHandlerResult for () {
-    fn into_handler_result(self) -> HandlerResult {
-        Ok(())
+    fn into_handler_result(self, _keep_result: bool) -> HandlerResult {
+        Ok(HandlerOutput::default())
     }
 }
 
-impl<T, E: Into<HandlerError>> IntoHandlerResult for Result<T, E> {
-    fn into_handler_result(self) -> HandlerResult {
-        self.map(|_| ()).map_err(Into::into)
+impl<T: serde::Serialize, E: Into<HandlerError>> IntoHandlerResult for Result<T, E> {
+    fn into_handler_result(self, keep_result: bool) -> HandlerResult {
+        match self {
+            Ok(v) if keep_result => match rmp_serde::to_vec_named(&v) {
+                Ok(bytes) => Ok(HandlerOutput {
+                    result: Some(bytes),
+                }),
+                Err(e) => Err(HandlerError::reject(format!(
+                    "cannot encode the handler's result: {e}"
+                ))),
+            },
+            Ok(_) => Ok(HandlerOutput::default()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -410,8 +472,9 @@ where
     }
 
     fn handle(&self, event: E, ctx: Context) -> BoxFuture<'_, HandlerResult> {
+        let keep = ctx.keeps_result();
         let fut = (self.f)(event, ctx);
-        Box::pin(async move { fut.await.into_handler_result() })
+        Box::pin(async move { fut.await.into_handler_result(keep) })
     }
 }
 
@@ -445,6 +508,7 @@ pub(crate) fn make_context(
     attempt: u32,
     published_at_ms: u64,
     headers: Vec<(String, String)>,
+    keep_result: bool,
 ) -> Context {
     Context {
         inner: Arc::new(ContextInner {
@@ -457,6 +521,7 @@ pub(crate) fn make_context(
             attempt,
             published_at_ms,
             headers,
+            keep_result,
         }),
     }
 }

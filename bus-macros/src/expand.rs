@@ -82,7 +82,8 @@ fn generate(a: &SubscriberArgs, c: &Checked, f: &ItemFn) -> TokenStream {
     let boxed = quote_spanned! {name.span()=>
         #p::Box::pin(async move {
             let ctx = ctx;
-            #p::IntoHandlerResult::into_handler_result(#call.await)
+            let keep = ctx.keeps_result();
+            #p::IntoHandlerResult::into_handler_result(#call.await, keep)
         })
     };
     let doc = format!(

@@ -329,3 +329,217 @@ async fn a_stream_whose_groups_keep_up_stays_bounded_with_optional_retention() {
         .expect("trim");
     assert_eq!(removed, 0);
 }
+
+fn tracked(group: &str) -> impl bus_core::Subscriber<Event = Job> {
+    subscriber_fn(
+        SubscriberOptions::new(group)
+            .track_status(true)
+            .max_attempts(2)
+            .backoff_min(Duration::from_millis(20)),
+        |j: Job, ctx| async move {
+            match j.n {
+                3 => Err(bus_core::HandlerError::reject("three is not allowed")),
+                5 if ctx.attempt() == 1 => Err(bus_core::HandlerError::retry("flaky")),
+                7 => Err(bus_core::HandlerError::retry("always")),
+                n => Ok(n * 2),
+            }
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_results_and_completion_waiting() {
+    use bus_core::State;
+    let env = TestEnv::new("status").await;
+    let w = env
+        .bus
+        .worker()
+        .subscribe(tracked("g"))
+        .start()
+        .await
+        .expect("start");
+    let ok = env.bus.publish(&Job { n: 4 }).await.expect("publish");
+    let st = env
+        .bus
+        .wait_for::<Job>(&ok.event_id, "g", T)
+        .await
+        .expect("wait");
+    assert_eq!(st.state, State::Succeeded);
+    assert_eq!(st.attempts, 1);
+    assert_eq!(st.result::<u64>().expect("decode"), Some(8));
+
+    let rejected = env.bus.publish(&Job { n: 3 }).await.expect("publish");
+    let st = env
+        .bus
+        .wait_for::<Job>(&rejected.event_id, "g", T)
+        .await
+        .expect("wait");
+    assert_eq!(st.state, State::Dead);
+    assert_eq!(st.error.as_deref(), Some("three is not allowed"));
+
+    let flaky = env.bus.publish(&Job { n: 5 }).await.expect("publish");
+    let st = env
+        .bus
+        .wait_for::<Job>(&flaky.event_id, "g", T)
+        .await
+        .expect("wait");
+    assert_eq!((st.state, st.attempts), (State::Succeeded, 2));
+    assert_eq!(st.error.as_deref(), Some("flaky"), "the last error is kept");
+
+    let doomed = env.bus.publish(&Job { n: 7 }).await.expect("publish");
+    let st = env
+        .bus
+        .wait_for::<Job>(&doomed.event_id, "g", T)
+        .await
+        .expect("wait");
+    assert_eq!((st.state, st.attempts), (State::Dead, 2));
+
+    // request = publish + wait for the group's result.
+    let doubled: u64 = env
+        .bus
+        .request(&Job { n: 21 }, "g", T)
+        .await
+        .expect("request");
+    assert_eq!(doubled, 42);
+    let failed = env.bus.request::<Job, u64>(&Job { n: 3 }, "g", T).await;
+    assert!(
+        matches!(failed, Err(bus_core::Error::Failed { .. })),
+        "{failed:?}"
+    );
+
+    // Every status record carries a TTL (24 h after completion by default).
+    let key = format!("{}:{{jobs}}:status:{}", env.prefix, ok.event_id);
+    let ttl: i64 = env.bus.redis().pttl(key.as_str()).await.expect("PTTL");
+    assert!(ttl > 0 && ttl <= 24 * 3600 * 1000, "ttl {ttl}");
+    let all = env.bus.status::<Job>(&ok.event_id).await.expect("status");
+    assert_eq!(all.len(), 1);
+    w.shutdown().await.expect("shutdown");
+
+    // Nobody handles it: the waiter gives up at its timeout instead of hanging.
+    let lonely = env.bus.publish(&Job { n: 9 }).await.expect("publish");
+    let started = Instant::now();
+    let r = env
+        .bus
+        .wait_for::<Job>(&lonely.event_id, "g", Duration::from_millis(700))
+        .await;
+    assert!(matches!(r, Err(bus_core::Error::Timeout(_))), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        env.bus
+            .group_status::<Job>(&lonely.event_id, "nobody")
+            .await
+            .expect("st")
+            .state,
+        State::Pending
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_does_not_hang_when_the_completion_notification_is_lost() {
+    let env = TestEnv::new("lostnote").await;
+    let p = env.bus.publish(&Job { n: 1 }).await.expect("publish");
+    let key = format!("{}:{{jobs}}:status:{}", env.prefix, p.event_id);
+    let bus = env.bus.clone();
+    let id = p.event_id.clone();
+    let waiter =
+        tokio::spawn(async move { bus.wait_for::<Job>(&id, "g", Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Complete it the way a worker would, but with the PUBLISH lost.
+    let _: i64 = env
+        .bus
+        .redis()
+        .hset(
+            key.as_str(),
+            vec![("g:state", "succeeded"), ("g:attempts", "1")],
+        )
+        .await
+        .expect("HSET");
+    let _: bool = env
+        .bus
+        .redis()
+        .pexpire(key.as_str(), 60_000, None)
+        .await
+        .expect("PEXPIRE");
+    let started = Instant::now();
+    let st = waiter.await.expect("join").expect("wait");
+    assert_eq!(st.state, bus_core::State::Succeeded);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the waiter took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_is_a_stream_a_known_set_or_expires() {
+    let env = TestEnv::new("hygiene").await;
+    let w = env
+        .bus
+        .worker()
+        .move_delayed_every(Duration::from_millis(50))
+        .trim_every(Some(Duration::from_millis(100)))
+        .subscribe(tracked("g"))
+        .subscribe(job_recorder("plain", &Recorder::new()))
+        .start()
+        .await
+        .expect("start");
+    // Published, delayed, retried, dead-lettered (rejected and out of attempts), de-duplicated.
+    let mut ids = Vec::new();
+    for n in [1u64, 3, 5, 7] {
+        ids.push(env.bus.publish(&Job { n }).await.expect("publish").event_id);
+    }
+    ids.push(
+        env.bus
+            .publish_after(&Job { n: 11 }, Duration::from_millis(200))
+            .await
+            .expect("after")
+            .event_id,
+    );
+    let opts = PublishOptions::new().dedup("once", Duration::from_secs(30));
+    ids.push(
+        env.bus
+            .publish_with(&Job { n: 13 }, opts)
+            .await
+            .expect("dedup")
+            .event_id,
+    );
+    for id in &ids {
+        env.bus.wait_for::<Job>(id, "g", T).await.expect("finish");
+    }
+    w.shutdown().await.expect("shutdown");
+
+    let r = env.bus.redis();
+    let mut seen = Vec::new();
+    for key in env.keys().await {
+        let kind: String = r
+            .custom(
+                fred::types::CustomCommand::new_static("TYPE", None, false),
+                vec![key.clone()],
+            )
+            .await
+            .expect("TYPE");
+        let ttl: i64 = r.pttl(key.as_str()).await.expect("PTTL");
+        let known_set = (kind == "zset" && key.ends_with(":delayed"))
+            || (kind == "hash" && key.contains(":retry:"));
+        assert!(
+            kind == "stream" || known_set || ttl > 0,
+            "key {key} ({kind}) is neither a stream nor a known set and has no TTL ({ttl})"
+        );
+        seen.push(format!("{kind} {}", key.trim_start_matches(&env.prefix)));
+    }
+    seen.sort();
+    // Status records and the de-dup key exist and expire; dead letters are a stream.
+    assert!(
+        seen.iter().any(|k| k.starts_with("hash :{jobs}:status:")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|k| k.starts_with("string :{jobs}:dedup:once")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&"stream :{jobs}:dlq:g".to_owned()),
+        "{seen:?}"
+    );
+}

@@ -25,6 +25,7 @@ use crate::envelope::{self, RawEntry};
 use crate::error::{Action, Result};
 use crate::metrics::SubscriberMetrics;
 use crate::redis::{self, value_bytes, value_string};
+use crate::status::{self, State, StatusWrite};
 use crate::subscriber::{make_context, StartFrom, SubscriberOptions};
 
 /// Most entries asked for in one read.
@@ -50,6 +51,7 @@ pub(crate) struct Shared {
     sub: Arc<dyn Erased>,
     opts: SubscriberOptions,
     settings: WorkerSettings,
+    bus: Bus,
     client: Client,
     key: String,
     dlq_key: String,
@@ -197,6 +199,7 @@ impl Runtime {
                 sub,
                 opts,
                 settings,
+                bus: bus.clone(),
                 client,
                 key,
                 dlq_key,
@@ -452,7 +455,10 @@ async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
         attempt,
         env.published_at_ms,
         env.headers.clone(),
+        s.opts.get_track_status(),
     );
+    let event_id = env.event_id.clone();
+    record(s, &event_id, State::Running, attempt, None, None).await;
     let published_at_ms = env.published_at_ms;
     let started = Instant::now();
     s.metrics
@@ -466,8 +472,17 @@ async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
         .handle_seconds
         .record(started.elapsed().as_secs_f64());
     let failure = match outcome {
-        Ok(Dispatch::Done(Ok(()))) => {
+        Ok(Dispatch::Done(Ok(output))) => {
             s.metrics.handled.increment(1);
+            record(
+                s,
+                &event_id,
+                State::Succeeded,
+                attempt,
+                None,
+                output.result.as_deref(),
+            )
+            .await;
             s.ack(id.clone());
             s.release_hold(&id);
             if attempt > 1 {
@@ -477,21 +492,11 @@ async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
             }
             return;
         }
-        Ok(Dispatch::Undecodable(e)) => {
-            dead_letter(s, &id, attempt, "decode", &e)
-                .instrument(span)
-                .await;
-            return;
-        }
+        Ok(Dispatch::Undecodable(e)) => (e, None, "decode"),
         Ok(Dispatch::Done(Err(e))) => match e.action() {
-            Action::Reject => {
-                dead_letter(s, &id, attempt, "rejected", &e.to_string())
-                    .instrument(span)
-                    .await;
-                return;
-            }
-            Action::RetryAfter(d) => (e.to_string(), Some(d)),
-            _ => (e.to_string(), None),
+            Action::Reject => (e.to_string(), None, "rejected"),
+            Action::RetryAfter(d) => (e.to_string(), Some(d), ""),
+            _ => (e.to_string(), None, ""),
         },
         Err(panic) => {
             let msg = panic
@@ -499,21 +504,65 @@ async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "handler panicked".to_owned());
-            (format!("panic: {msg}"), None)
+            (format!("panic: {msg}"), None, "")
         }
     };
-    let (error, delay) = failure;
-    s.metrics.failed.increment(1);
-    if attempt >= s.opts.get_max_attempts() {
-        dead_letter(s, &id, attempt, "max_attempts", &error)
+    let (error, delay, mut reason) = failure;
+    if reason.is_empty() {
+        s.metrics.failed.increment(1);
+        if attempt >= s.opts.get_max_attempts() {
+            reason = "max_attempts";
+        }
+    }
+    if !reason.is_empty() {
+        if dead_letter(s, &id, attempt, reason, &error)
             .instrument(span)
-            .await;
+            .await
+        {
+            record(s, &event_id, State::Dead, attempt, Some(&error), None).await;
+        }
         return;
     }
     let delay = delay.unwrap_or_else(|| s.backoff(attempt));
-    schedule_retry(s, &id, attempt, delay, &error)
+    if schedule_retry(s, &id, attempt, delay, &error)
         .instrument(span)
-        .await;
+        .await
+    {
+        record(s, &event_id, State::Failed, attempt, Some(&error), None).await;
+    }
+}
+
+/// Writes this group's status for an event, if the subscriber tracks status. A failed write is
+/// logged and does not change how the event is handled.
+async fn record(
+    s: &Shared,
+    event_id: &str,
+    state: State,
+    attempts: u32,
+    error: Option<&str>,
+    result: Option<&[u8]>,
+) {
+    if !s.opts.get_track_status() || event_id.is_empty() {
+        return;
+    }
+    let w = StatusWrite {
+        state,
+        attempts,
+        error,
+        result,
+    };
+    if let Err(e) = status::write(
+        &s.bus,
+        s.sub.stream(),
+        s.group(),
+        event_id,
+        w,
+        s.opts.get_status_ttl(),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, event_id, "cannot record the event's status");
+    }
 }
 
 /// Retries a script call on connection errors (bounded), so a short outage does not turn into a
@@ -540,7 +589,7 @@ async fn eval_retrying(
 }
 
 /// Moves an entry to the group's dead-letter stream (atomic, fenced by owner and attempt).
-async fn dead_letter(s: &Arc<Shared>, id: &str, attempt: u32, reason: &str, error: &str) {
+async fn dead_letter(s: &Arc<Shared>, id: &str, attempt: u32, reason: &str, error: &str) -> bool {
     let r = eval_retrying(
         s,
         redis::dead_letter_script(),
@@ -555,6 +604,7 @@ async fn dead_letter(s: &Arc<Shared>, id: &str, attempt: u32, reason: &str, erro
         ],
     )
     .await;
+    let moved = matches!(r, Ok(Value::Integer(1)));
     match r {
         Ok(Value::Integer(1)) => {
             s.metrics.dead_lettered(reason);
@@ -574,12 +624,19 @@ async fn dead_letter(s: &Arc<Shared>, id: &str, attempt: u32, reason: &str, erro
         }
     }
     s.release_hold(id);
+    moved
 }
 
 /// Records the retry (fenced) and waits for it locally; the lease is renewed meanwhile, so other
 /// workers leave the entry alone however long the delay. If this process dies, the scanner
 /// of another one takes it over and honours the recorded due time.
-async fn schedule_retry(s: &Arc<Shared>, id: &str, attempt: u32, delay: Duration, error: &str) {
+async fn schedule_retry(
+    s: &Arc<Shared>,
+    id: &str,
+    attempt: u32,
+    delay: Duration,
+    error: &str,
+) -> bool {
     let r = eval_retrying(
         s,
         redis::retry_script(),
@@ -605,14 +662,17 @@ async fn schedule_retry(s: &Arc<Shared>, id: &str, attempt: u32, delay: Duration
                 "handler failed; retrying after backoff"
             );
             wait_then_take(s, id, delay, false);
+            true
         }
         Ok(other) => {
             tracing::warn!(entry_id = id, code = ?other, "retry not scheduled: another attempt owns this entry now");
             s.release_hold(id);
+            false
         }
         Err(e) => {
             tracing::error!(error = %e, entry_id = id, "cannot schedule the retry; the entry will be reclaimed after the visibility timeout");
             s.release_hold(id);
+            false
         }
     }
 }
@@ -710,6 +770,16 @@ async fn take(s: &Arc<Shared>, id: &str, isolate: bool) {
         }
         0 => {
             let attempts = it.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            let event_id = it.next().and_then(value_string).unwrap_or_default();
+            record(
+                s,
+                &event_id,
+                State::Dead,
+                attempts as u32,
+                Some("attempts used up"),
+                None,
+            )
+            .await;
             s.metrics.dead_lettered("max_attempts");
             tracing::warn!(
                 entry_id = id,
