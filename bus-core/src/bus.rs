@@ -86,6 +86,7 @@ pub struct Published {
 pub struct PublishOptions {
     headers: Vec<(String, String)>,
     dedup: Option<(String, Duration)>,
+    priority: crate::names::Priority,
 }
 
 impl PublishOptions {
@@ -119,6 +120,15 @@ impl PublishOptions {
     /// assert!(again.duplicate && again.event_id == first.event_id);
     /// # Ok(()) }
     /// ```
+    /// Publishes into a priority lane (default [`Priority::Normal`](crate::Priority::Normal)):
+    /// workers take events of higher lanes first.
+    #[must_use]
+    pub fn priority(mut self, priority: crate::names::Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// De-duplicates by an idempotency key (see above).
     #[must_use]
     pub fn dedup(mut self, key: impl Into<String>, window: Duration) -> Self {
         self.dedup = Some((key.into(), window));
@@ -409,7 +419,7 @@ impl Bus {
             &opts.headers,
         );
         Ok(Prepared {
-            key: self.keys(E::STREAM).stream().to_owned(),
+            key: self.keys(E::STREAM).lane(opts.priority),
             event_id,
             fields,
         })

@@ -125,7 +125,7 @@ impl Error {
 
     /// True when Redis reports a missing stream or consumer group (`NOGROUP`).
     pub(crate) fn is_nogroup(&self) -> bool {
-        matches!(self, Error::Redis(e) if e.message().starts_with("NOGROUP")
+        matches!(self, Error::Redis(e) if e.message().contains("NOGROUP")
             || e.message().starts_with("UNBLOCKED the stream key no longer exists"))
     }
 }

@@ -98,7 +98,7 @@ pub use dead_letter::{DeadLetter, DeadLetters};
 pub use delayed::Scheduled;
 pub use error::{Action, BoxError, Error, HandlerError, RedisError, Result};
 pub use event::Event;
-pub use names::{validate_name, MAX_NAME_LEN};
+pub use names::{validate_name, Priority, MAX_NAME_LEN};
 pub use shutdown::shutdown_signal;
 pub use status::{GroupStatus, State};
 pub use subscriber::{

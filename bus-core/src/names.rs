@@ -5,14 +5,33 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `<prefix>:{<stream>}:stream` | stream | the events |
+//! | `<prefix>:{<stream>}:stream` | stream | the events (normal priority) |
+//! | `<prefix>:{<stream>}:stream:high`, `…:stream:low` | stream | the high and low priority lanes |
 //! | `<prefix>:{<stream>}:dlq:<group>` | stream | the group's dead letters |
-//! | `<prefix>:{<stream>}:retry:<group>` | hash | entry id → `due ms|last error` for entries waiting for a retry |
+//! | `<prefix>:{<stream>}:retry:<group>[:high|:low]` | hash | entry id → `due ms|last error` for entries waiting for a retry, per lane |
 //! | `<prefix>:{<stream>}:delayed` | sorted set | delayed publishes, scored by due time (Redis clock) |
 //! | `<prefix>:{<stream>}:dedup:<key>` | string | de-duplicated publish: `event id|entry id`, TTL = window |
 //! | `<prefix>:{<stream>}:status:<event id>` | hash | per-event, per-group status and result, with a TTL |
 
 use crate::error::{Error, Result};
+
+/// Publish priority (priority lanes). Each lane is a stream of its own under the same hash tag;
+/// workers take from higher lanes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum Priority {
+    /// Taken before everything else.
+    High,
+    /// The default lane: the stream key itself.
+    #[default]
+    Normal,
+    /// Taken when nothing else waits.
+    Low,
+}
+
+impl Priority {
+    /// All lanes, highest first.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+}
 
 /// Longest accepted stream, group or prefix name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -87,8 +106,22 @@ impl StreamKeys {
         format!("{}:delayed", self.base)
     }
 
-    pub(crate) fn retries(&self, group: &str) -> String {
-        format!("{}:retry:{group}", self.base)
+    /// The stream key of a priority lane (`Normal` is the stream key itself).
+    pub(crate) fn lane(&self, p: Priority) -> String {
+        match p {
+            Priority::High => format!("{}:high", self.stream),
+            Priority::Normal => self.stream.clone(),
+            Priority::Low => format!("{}:low", self.stream),
+        }
+    }
+
+    /// The retry hash of a group in a priority lane.
+    pub(crate) fn lane_retries(&self, p: Priority, group: &str) -> String {
+        match p {
+            Priority::High => format!("{}:retry:{group}:high", self.base),
+            Priority::Normal => format!("{}:retry:{group}", self.base),
+            Priority::Low => format!("{}:retry:{group}:low", self.base),
+        }
     }
 }
 

@@ -85,24 +85,49 @@ pub(crate) fn parse_entries(v: Value) -> Vec<RawEntry> {
     }
 }
 
-/// Parses an XREADGROUP reply for one stream (RESP2 or RESP3; nil = the block timed out).
-pub(crate) fn parse_read_reply(v: Value) -> Vec<RawEntry> {
+/// Parses an XREADGROUP reply for any number of streams into `(stream key, entry)` pairs.
+pub(crate) fn parse_read_reply_keyed(v: Value) -> Vec<(String, RawEntry)> {
+    let keyed = |key: Value, entries: Value| -> Vec<(String, RawEntry)> {
+        let key = value_string(key).unwrap_or_default();
+        parse_entries(entries)
+            .into_iter()
+            .map(|e| (key.clone(), e))
+            .collect()
+    };
     match v {
-        Value::Null => Vec::new(),
-        // RESP2: [[key, [entries…]], …]
         Value::Array(streams) => streams
             .into_iter()
             .flat_map(|s| match s {
                 Value::Array(mut kv) if kv.len() == 2 => {
-                    kv.pop().map(parse_entries).unwrap_or_default()
+                    let entries = kv.pop().unwrap_or(Value::Null);
+                    let key = kv.pop().unwrap_or(Value::Null);
+                    keyed(key, entries)
                 }
                 _ => Vec::new(),
             })
             .collect(),
-        // RESP3: {key: [entries…]}
-        Value::Map(map) => map.inner().into_values().flat_map(parse_entries).collect(),
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .flat_map(|(k, entries)| {
+                keyed(
+                    Value::from(k.as_str().map(str::to_owned).unwrap_or_default()),
+                    entries,
+                )
+            })
+            .collect(),
         _ => Vec::new(),
     }
+}
+
+/// Parses an XREADGROUP reply, dropping the stream names (RESP2 or RESP3; nil = the block timed
+/// out).
+#[cfg(test)]
+pub(crate) fn parse_read_reply(v: Value) -> Vec<RawEntry> {
+    parse_read_reply_keyed(v)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect()
 }
 
 /// Creates a consumer group, accepting one that exists already (R-4.2).
@@ -329,6 +354,17 @@ redis.call('SET', KEYS[1], v, 'PX', tonumber(ARGV[1]))
 return {1, v}
 "#;
 
+/// Reads new entries from the first of several streams (priority lanes, highest first) that has
+/// any, without blocking. KEYS: lane streams. ARGV: group, consumer, count. Returns an XREADGROUP
+/// reply, or nil when every lane is empty.
+const LANE_READ_LUA: &str = r#"
+for i = 1, #KEYS do
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[i], '>')
+  if r then return r end
+end
+return false
+"#;
+
 macro_rules! script {
     ($name:ident, $body:ident) => {
         pub(crate) fn $name() -> &'static Script {
@@ -346,6 +382,7 @@ script!(release_script, RELEASE_LUA);
 script!(delete_idle_consumer_script, DELETE_IDLE_CONSUMER_LUA);
 script!(replay_script, REPLAY_LUA);
 script!(dedup_publish_script, DEDUP_PUBLISH_LUA);
+script!(lane_read_script, LANE_READ_LUA);
 
 /// Parses an XAUTOCLAIM … JUSTID reply: `(next cursor, claimed ids, deleted ids)`. Redis 6.2
 /// sends no deleted list.

@@ -84,19 +84,25 @@ impl Bus {
     /// Trims a stream safely, now: removes only entries every group has delivered and
     /// acknowledged, keeping what `retention` asks for. Returns how many entries were removed.
     /// Workers do this periodically on their own (see [`Worker::trim_every`](crate::Worker::trim_every)).
+    /// Each priority lane is trimmed on its own (retention applies per lane).
     pub async fn trim(&self, stream: &str, retention: Retention) -> Result<u64> {
-        let key = self.stream_key(stream)?;
-        let removed = redis::eval(
-            trim_script(),
-            &self.inner.client,
-            vec![key],
-            vec![
-                Value::from(retention.min_age.as_millis() as i64),
-                Value::from(retention.min_count as i64),
-            ],
-        )
-        .await?;
-        Ok(removed.as_u64().unwrap_or(0))
+        crate::names::validate_name("stream", stream)?;
+        let keys = self.keys(stream);
+        let mut removed = 0;
+        for p in crate::Priority::ALL {
+            let r = redis::eval(
+                trim_script(),
+                &self.inner.client,
+                vec![keys.lane(p)],
+                vec![
+                    Value::from(retention.min_age.as_millis() as i64),
+                    Value::from(retention.min_count as i64),
+                ],
+            )
+            .await?;
+            removed += r.as_u64().unwrap_or(0);
+        }
+        Ok(removed)
     }
 }
 

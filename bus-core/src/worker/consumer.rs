@@ -24,6 +24,7 @@ use crate::bus::Bus;
 use crate::envelope::{self, RawEntry};
 use crate::error::{Action, Result};
 use crate::metrics::SubscriberMetrics;
+use crate::names::Priority;
 use crate::redis::{self, value_bytes, value_string};
 use crate::status::{self, State, StatusWrite};
 use crate::subscriber::{make_context, StartFrom, SubscriberOptions};
@@ -46,6 +47,15 @@ enum Held {
     Waiting(u64, Option<AbortHandle>),
 }
 
+/// A priority lane: index into [`Shared::lanes`], highest priority first.
+type Lane = usize;
+
+/// The keys of one priority lane.
+struct LaneKeys {
+    key: String,
+    retry_key: String,
+}
+
 /// State shared by the tasks of one subscriber.
 pub(crate) struct Shared {
     sub: Arc<dyn Erased>,
@@ -53,13 +63,13 @@ pub(crate) struct Shared {
     settings: WorkerSettings,
     bus: Bus,
     client: Client,
-    key: String,
+    /// Per priority lane (see [`Lane`]): the stream key and the retry hash.
+    lanes: Vec<LaneKeys>,
     dlq_key: String,
-    retry_key: String,
     consumer: Arc<str>,
     sem: Arc<Semaphore>,
-    acks: Mutex<Option<AckSender>>,
-    held: Mutex<HashMap<String, Held>>,
+    acks: Mutex<Option<Vec<AckSender>>>,
+    held: Mutex<HashMap<(Lane, String), Held>>,
     tokens: std::sync::atomic::AtomicU64,
     stop: watch::Receiver<bool>,
     metrics: SubscriberMetrics,
@@ -78,17 +88,29 @@ impl Shared {
         self.opts.get_visibility_timeout()
     }
 
-    fn ack(&self, id: String) {
+    fn key(&self, lane: Lane) -> &str {
+        &self.lanes[lane].key
+    }
+
+    fn retry_key(&self, lane: Lane) -> &str {
+        &self.lanes[lane].retry_key
+    }
+
+    fn lane_of(&self, key: &str) -> Option<Lane> {
+        self.lanes.iter().position(|l| l.key == key)
+    }
+
+    fn ack(&self, lane: Lane, id: String) {
         if let Ok(guard) = self.acks.lock() {
-            if let Some(a) = guard.as_ref() {
+            if let Some(a) = guard.as_ref().and_then(|a| a.get(lane)) {
                 a.ack(id);
             }
         }
     }
 
-    fn hold(&self, id: &str, state: Held) {
+    fn hold(&self, lane: Lane, id: &str, state: Held) {
         if let Ok(mut h) = self.held.lock() {
-            h.insert(id.to_owned(), state);
+            h.insert((lane, id.to_owned()), state);
         }
     }
 
@@ -98,9 +120,9 @@ impl Shared {
 
     /// Attaches a task handle to the state `token` of an entry, if the entry is still in that
     /// state (the task may already have moved it on).
-    fn attach(&self, id: &str, token: u64, handle: AbortHandle) {
+    fn attach(&self, lane: Lane, id: &str, token: u64, handle: AbortHandle) {
         if let Ok(mut h) = self.held.lock() {
-            match h.get_mut(id) {
+            match h.get_mut(&(lane, id.to_owned())) {
                 Some(Held::Running(t, slot)) | Some(Held::Waiting(t, slot)) if *t == token => {
                     *slot = Some(handle);
                 }
@@ -109,20 +131,20 @@ impl Shared {
         }
     }
 
-    fn release_hold(&self, id: &str) {
+    fn release_hold(&self, lane: Lane, id: &str) {
         if let Ok(mut h) = self.held.lock() {
-            h.remove(id);
+            h.remove(&(lane, id.to_owned()));
         }
     }
 
-    fn is_held(&self, id: &str) -> bool {
+    fn is_held(&self, lane: Lane, id: &str) -> bool {
         self.held
             .lock()
-            .map(|h| h.contains_key(id))
+            .map(|h| h.contains_key(&(lane, id.to_owned())))
             .unwrap_or(false)
     }
 
-    fn held_ids(&self) -> Vec<String> {
+    fn held_ids(&self) -> Vec<(Lane, String)> {
         self.held
             .lock()
             .map(|h| h.keys().cloned().collect())
@@ -152,10 +174,10 @@ impl Shared {
 pub(crate) struct Runtime {
     shared: Arc<Shared>,
     /// Entries this consumer name already owned at start (a restart with a reused name).
-    own_pending: Vec<String>,
+    own_pending: Vec<(Lane, String)>,
     reader: Client,
     reading: Arc<AtomicBool>,
-    acker: JoinHandle<()>,
+    ackers: Vec<JoinHandle<()>>,
 }
 
 impl Runtime {
@@ -169,29 +191,49 @@ impl Runtime {
     ) -> Result<Self> {
         let opts = sub.options();
         let keys = bus.keys(sub.stream());
-        let key = keys.stream().to_owned();
         let dlq_key = keys.dead_letter(opts.group());
-        let retry_key = keys.retries(opts.group());
+        let lanes: Vec<LaneKeys> = Priority::ALL
+            .iter()
+            .map(|p| LaneKeys {
+                key: keys.lane(*p),
+                retry_key: keys.lane_retries(*p, opts.group()),
+            })
+            .collect();
         let client = bus.inner.client.clone();
         let start = match opts.get_start_from() {
             StartFrom::Beginning => "0",
             StartFrom::NewEvents => "$",
         };
-        if redis::ensure_group(&client, &key, opts.group(), start).await? {
-            tracing::info!(
-                stream = sub.stream(),
-                group = opts.group(),
-                start,
-                "created consumer group"
-            );
+        for lane in &lanes {
+            if redis::ensure_group(&client, &lane.key, opts.group(), start).await? {
+                tracing::info!(
+                    stream = sub.stream(),
+                    key = %lane.key,
+                    group = opts.group(),
+                    start,
+                    "created consumer group"
+                );
+            }
         }
         // A connection used only for blocking reads (FRED-NOTES §3): a blocked connection would
         // stall every other command sent on it.
         let reader = client.clone_new();
         reader.init().await?;
-        let (acks, acker) = acker::spawn(client.clone(), key.clone(), opts.group().to_owned());
+        let mut acks = Vec::with_capacity(lanes.len());
+        let mut ackers = Vec::with_capacity(lanes.len());
+        for lane in &lanes {
+            let (a, task) = acker::spawn(client.clone(), lane.key.clone(), opts.group().to_owned());
+            acks.push(a);
+            ackers.push(task);
+        }
         let sem = Arc::new(Semaphore::new(opts.get_concurrency()));
-        let own_pending = own_pending(&client, &key, opts.group(), &consumer).await?;
+        let mut own = Vec::new();
+        for (lane, l) in lanes.iter().enumerate() {
+            for id in own_pending(&client, &l.key, opts.group(), &consumer).await? {
+                own.push((lane, id));
+            }
+        }
+        let own_pending = own;
         let metrics = SubscriberMetrics::new(sub.stream(), opts.group());
         Ok(Self {
             own_pending,
@@ -201,9 +243,8 @@ impl Runtime {
                 settings,
                 bus: bus.clone(),
                 client,
-                key,
+                lanes,
                 dlq_key,
-                retry_key,
                 consumer,
                 sem,
                 acks: Mutex::new(Some(acks)),
@@ -214,7 +255,7 @@ impl Runtime {
             }),
             reader,
             reading: Arc::new(AtomicBool::new(true)),
-            acker,
+            ackers,
         })
     }
 
@@ -235,7 +276,9 @@ impl Runtime {
         if let Ok(mut a) = self.shared.acks.lock() {
             a.take();
         }
-        let _ = self.acker.await;
+        for a in self.ackers {
+            let _ = a.await;
+        }
         let _ = self.reader.quit().await;
     }
 
@@ -253,8 +296,19 @@ impl Runtime {
                 // A restarted consumer with a reused name takes over what it owned before, at
                 // once and through the attempt check (R-4.5).
                 tracing::info!(count = self.own_pending.len(), "taking over this consumer's own pending entries");
-                if let Err(e) = schedule_claimed(&s, self.own_pending.clone()).await {
-                    tracing::warn!(error = %e, "cannot take over own pending entries; the scanner will reclaim them");
+                for lane in 0..s.lanes.len() {
+                    let ids: Vec<String> = self
+                        .own_pending
+                        .iter()
+                        .filter(|(l, _)| *l == lane)
+                        .map(|(_, id)| id.clone())
+                        .collect();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = schedule_claimed(&s, lane, ids).await {
+                        tracing::warn!(error = %e, "cannot take over own pending entries; the scanner will reclaim them");
+                    }
                 }
             }
             let scanner = tokio::spawn(scan_loop(s.clone()).in_current_span());
@@ -292,15 +346,15 @@ impl Runtime {
                 Ok(entries) => {
                     backoff = Duration::from_millis(100);
                     // Held (and so lease-renewed) from now on, even while waiting for a slot.
-                    for entry in &entries {
-                        s.hold(&entry.id, Held::Claimed);
+                    for (lane, entry) in &entries {
+                        s.hold(*lane, &entry.id, Held::Claimed);
                     }
-                    for entry in entries {
+                    for (lane, entry) in entries {
                         let Ok(permit) = s.sem.clone().acquire_owned().await else {
                             break;
                         };
                         // A fresh delivery through `>` is always attempt 1.
-                        spawn_run(s, entry, 1, permit);
+                        spawn_run(s, lane, entry, 1, permit);
                     }
                 }
                 Err(e) if e.is_nogroup() => {
@@ -310,9 +364,14 @@ impl Runtime {
                          or the key was deleted); re-creating the group from the start of the stream"
                     );
                     s.metrics.group_recreated.increment(1);
-                    if let Err(e) = redis::ensure_group(&s.client, &s.key, s.group(), "0").await {
-                        tracing::warn!(error = %e, "cannot re-create the consumer group");
-                        pause(&mut stop, &mut backoff).await;
+                    for lane in &s.lanes {
+                        if let Err(e) =
+                            redis::ensure_group(&s.client, &lane.key, s.group(), "0").await
+                        {
+                            tracing::warn!(error = %e, "cannot re-create the consumer group");
+                            pause(&mut stop, &mut backoff).await;
+                            break;
+                        }
                     }
                 }
                 Err(e) => {
@@ -325,22 +384,50 @@ impl Runtime {
         }
     }
 
-    async fn read(&self, count: usize) -> Result<Vec<RawEntry>> {
+    /// Reads up to `count` new entries from the highest-priority lane that has any (one script,
+    /// no blocking); when every lane is empty, blocks on all lanes for the next entry.
+    async fn read(&self, count: usize) -> Result<Vec<(Lane, RawEntry)>> {
         let s = &self.shared;
-        let block_ms = s.opts.get_block_timeout().as_millis() as u64;
-        let reply: Value = self
-            .reader
-            .xreadgroup(
-                s.group(),
-                &*s.consumer,
-                Some(count as u64),
-                Some(block_ms),
-                false,
-                s.key.as_str(),
-                ">",
-            )
-            .await?;
-        Ok(redis::parse_read_reply(reply))
+        let keys: Vec<String> = s.lanes.iter().map(|l| l.key.clone()).collect();
+        let reply = redis::eval(
+            redis::lane_read_script(),
+            &self.reader,
+            keys.clone(),
+            vec![
+                Value::from(s.group()),
+                Value::from(&*s.consumer),
+                Value::from(count as i64),
+            ],
+        )
+        .await?;
+        let mut entries = self.by_lane(reply);
+        if entries.is_empty() && !s.stopped() {
+            let block_ms = s.opts.get_block_timeout().as_millis() as u64;
+            let ids = vec![">"; keys.len()];
+            let reply: Value = self
+                .reader
+                .xreadgroup(
+                    s.group(),
+                    &*s.consumer,
+                    Some(1),
+                    Some(block_ms),
+                    false,
+                    keys,
+                    ids,
+                )
+                .await?;
+            entries = self.by_lane(reply);
+        }
+        Ok(entries)
+    }
+
+    fn by_lane(&self, reply: Value) -> Vec<(Lane, RawEntry)> {
+        let mut out: Vec<(Lane, RawEntry)> = redis::parse_read_reply_keyed(reply)
+            .into_iter()
+            .filter_map(|(key, e)| self.shared.lane_of(&key).map(|lane| (lane, e)))
+            .collect();
+        out.sort_by_key(|(lane, _)| *lane);
+        out
     }
 
     /// Shutdown (R-4.8): stop retry timers, wait for running handlers within the grace period
@@ -381,12 +468,21 @@ impl Runtime {
         if let Ok(mut a) = s.acks.lock() {
             a.take();
         }
-        let _ = self.acker.await;
-        let left = s.held_ids();
-        if !left.is_empty() {
-            release(s, &left).await;
+        for a in self.ackers {
+            let _ = a.await;
         }
-        delete_consumer_if_idle(s, &s.consumer, 0).await;
+        let left = s.held_ids();
+        for lane in 0..s.lanes.len() {
+            let ids: Vec<String> = left
+                .iter()
+                .filter(|(l, _)| *l == lane)
+                .map(|(_, id)| id.clone())
+                .collect();
+            if !ids.is_empty() {
+                release(s, lane, &ids).await;
+            }
+            delete_consumer_if_idle(s, lane, &s.consumer, 0).await;
+        }
         let _ = self.reader.quit().await;
     }
 }
@@ -400,32 +496,38 @@ async fn pause(stop: &mut watch::Receiver<bool>, backoff: &mut Duration) {
 }
 
 /// Runs one delivery in its own task, holding one concurrency slot.
-fn spawn_run(s: &Arc<Shared>, entry: RawEntry, attempt: u32, permit: OwnedSemaphorePermit) {
+fn spawn_run(
+    s: &Arc<Shared>,
+    lane: Lane,
+    entry: RawEntry,
+    attempt: u32,
+    permit: OwnedSemaphorePermit,
+) {
     let id = entry.id.clone();
     let token = s.token();
-    s.hold(&id, Held::Running(token, None));
+    s.hold(lane, &id, Held::Running(token, None));
     let shared = s.clone();
     let task = tokio::spawn(async move {
-        process(&shared, entry, attempt).await;
+        process(&shared, lane, entry, attempt).await;
         drop(permit);
     });
-    s.attach(&id, token, task.abort_handle());
+    s.attach(lane, &id, token, task.abort_handle());
 }
 
 /// Decodes, runs and settles one delivery.
-async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
+async fn process(s: &Arc<Shared>, lane: Lane, entry: RawEntry, attempt: u32) {
     let id = entry.id;
     let Some(fields) = entry.fields else {
         s.metrics.deleted_pending.increment(1);
         tracing::warn!(entry_id = %id, "entry was deleted while pending (trimmed or XDEL); acknowledging it away");
-        s.ack(id.clone());
-        s.release_hold(&id);
+        s.ack(lane, id.clone());
+        s.release_hold(lane, &id);
         return;
     };
     let env = match envelope::decode(&fields) {
         Ok(env) => env,
         Err(e) => {
-            dead_letter(s, &id, attempt, "decode", &e.to_string()).await;
+            dead_letter(s, lane, &id, attempt, "decode", &e.to_string()).await;
             return;
         }
     };
@@ -433,8 +535,8 @@ async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
     let other_group = env.to.as_deref().is_some_and(|g| g != s.group());
     if foreign_type || other_group {
         tracing::debug!(entry_id = %id, event_type = %env.event_type, to = ?env.to, "not for this subscriber; skipped");
-        s.ack(id.clone());
-        s.release_hold(&id);
+        s.ack(lane, id.clone());
+        s.release_hold(lane, &id);
         return;
     }
     let span = tracing::info_span!(
@@ -483,12 +585,12 @@ async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
                 output.result.as_deref(),
             )
             .await;
-            s.ack(id.clone());
-            s.release_hold(&id);
+            s.ack(lane, id.clone());
+            s.release_hold(lane, &id);
             if attempt > 1 {
                 // Forget the retry record of an event that finally succeeded.
                 let _: std::result::Result<i64, _> =
-                    s.client.hdel(s.retry_key.as_str(), id.as_str()).await;
+                    s.client.hdel(s.retry_key(lane), id.as_str()).await;
             }
             return;
         }
@@ -515,7 +617,7 @@ async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
         }
     }
     if !reason.is_empty() {
-        if dead_letter(s, &id, attempt, reason, &error)
+        if dead_letter(s, lane, &id, attempt, reason, &error)
             .instrument(span)
             .await
         {
@@ -524,7 +626,7 @@ async fn process(s: &Arc<Shared>, entry: RawEntry, attempt: u32) {
         return;
     }
     let delay = delay.unwrap_or_else(|| s.backoff(attempt));
-    if schedule_retry(s, &id, attempt, delay, &error)
+    if schedule_retry(s, lane, &id, attempt, delay, &error)
         .instrument(span)
         .await
     {
@@ -589,11 +691,22 @@ async fn eval_retrying(
 }
 
 /// Moves an entry to the group's dead-letter stream (atomic, fenced by owner and attempt).
-async fn dead_letter(s: &Arc<Shared>, id: &str, attempt: u32, reason: &str, error: &str) -> bool {
+async fn dead_letter(
+    s: &Arc<Shared>,
+    lane: Lane,
+    id: &str,
+    attempt: u32,
+    reason: &str,
+    error: &str,
+) -> bool {
     let r = eval_retrying(
         s,
         redis::dead_letter_script(),
-        vec![s.key.clone(), s.dlq_key.clone(), s.retry_key.clone()],
+        vec![
+            s.key(lane).to_owned(),
+            s.dlq_key.clone(),
+            s.retry_key(lane).to_owned(),
+        ],
         vec![
             Value::from(s.group()),
             Value::from(id),
@@ -623,7 +736,7 @@ async fn dead_letter(s: &Arc<Shared>, id: &str, attempt: u32, reason: &str, erro
             tracing::error!(error = %e, entry_id = id, "dead-letter move failed; the entry stays pending and will be retried");
         }
     }
-    s.release_hold(id);
+    s.release_hold(lane, id);
     moved
 }
 
@@ -632,6 +745,7 @@ async fn dead_letter(s: &Arc<Shared>, id: &str, attempt: u32, reason: &str, erro
 /// of another one takes it over and honours the recorded due time.
 async fn schedule_retry(
     s: &Arc<Shared>,
+    lane: Lane,
     id: &str,
     attempt: u32,
     delay: Duration,
@@ -640,7 +754,7 @@ async fn schedule_retry(
     let r = eval_retrying(
         s,
         redis::retry_script(),
-        vec![s.key.clone(), s.retry_key.clone()],
+        vec![s.key(lane).to_owned(), s.retry_key(lane).to_owned()],
         vec![
             Value::from(s.group()),
             Value::from(id),
@@ -661,17 +775,17 @@ async fn schedule_retry(
                 error,
                 "handler failed; retrying after backoff"
             );
-            wait_then_take(s, id, delay, false);
+            wait_then_take(s, lane, id, delay, false);
             true
         }
         Ok(other) => {
             tracing::warn!(entry_id = id, code = ?other, "retry not scheduled: another attempt owns this entry now");
-            s.release_hold(id);
+            s.release_hold(lane, id);
             false
         }
         Err(e) => {
             tracing::error!(error = %e, entry_id = id, "cannot schedule the retry; the entry will be reclaimed after the visibility timeout");
-            s.release_hold(id);
+            s.release_hold(lane, id);
             false
         }
     }
@@ -679,25 +793,25 @@ async fn schedule_retry(
 
 /// Holds an entry until `delay` has passed, then takes it for its next attempt (alone in this
 /// process when `isolate` is set).
-fn wait_then_take(s: &Arc<Shared>, id: &str, delay: Duration, isolate: bool) {
+fn wait_then_take(s: &Arc<Shared>, lane: Lane, id: &str, delay: Duration, isolate: bool) {
     let token = s.token();
-    s.hold(id, Held::Waiting(token, None));
+    s.hold(lane, id, Held::Waiting(token, None));
     let shared = s.clone();
     let id2 = id.to_owned();
     let task = tokio::spawn(
         async move {
             tokio::time::sleep(delay).await;
-            take(&shared, &id2, isolate).await;
+            take(&shared, lane, &id2, isolate).await;
         }
         .in_current_span(),
     );
-    s.attach(id, token, task.abort_handle());
+    s.attach(lane, id, token, task.abort_handle());
 }
 
 /// Takes a held entry for a new attempt: waits for a free slot, then the take script checks the
 /// attempt limit (dead-lettering instead of running when it is used up) and claims the entry with
 /// a delivery-count bump.
-async fn take(s: &Arc<Shared>, id: &str, isolate: bool) {
+async fn take(s: &Arc<Shared>, lane: Lane, id: &str, isolate: bool) {
     let mut stop = s.stop.clone();
     let slots = if isolate {
         s.opts.get_concurrency() as u32
@@ -714,7 +828,11 @@ async fn take(s: &Arc<Shared>, id: &str, isolate: bool) {
     let r = eval_retrying(
         s,
         redis::take_script(),
-        vec![s.key.clone(), s.dlq_key.clone(), s.retry_key.clone()],
+        vec![
+            s.key(lane).to_owned(),
+            s.dlq_key.clone(),
+            s.retry_key(lane).to_owned(),
+        ],
         vec![
             Value::from(s.group()),
             Value::from(id),
@@ -727,14 +845,14 @@ async fn take(s: &Arc<Shared>, id: &str, isolate: bool) {
         Ok(Value::Array(parts)) => parts,
         Ok(other) => {
             tracing::error!(entry_id = id, reply = ?other, "unexpected reply from the take script");
-            s.release_hold(id);
+            s.release_hold(lane, id);
             return;
         }
         Err(e) => {
             // Let go of it: without lease renewals a scanner (possibly ours) reclaims it after the
             // visibility timeout and tries again.
             tracing::warn!(error = %e, entry_id = id, "cannot take the entry for its next attempt");
-            s.release_hold(id);
+            s.release_hold(lane, id);
             return;
         }
     };
@@ -760,6 +878,7 @@ async fn take(s: &Arc<Shared>, id: &str, isolate: bool) {
             tracing::info!(entry_id = id, attempt = count, "running a new attempt");
             spawn_run(
                 s,
+                lane,
                 RawEntry {
                     id: id.to_owned(),
                     fields,
@@ -786,7 +905,7 @@ async fn take(s: &Arc<Shared>, id: &str, isolate: bool) {
                 attempts,
                 "attempts used up; moved to the dead-letter stream"
             );
-            s.release_hold(id);
+            s.release_hold(lane, id);
         }
         -3 => {
             s.metrics.deleted_pending.increment(1);
@@ -794,11 +913,11 @@ async fn take(s: &Arc<Shared>, id: &str, isolate: bool) {
                 entry_id = id,
                 "entry was deleted while pending (trimmed or XDEL); acknowledged away"
             );
-            s.release_hold(id);
+            s.release_hold(lane, id);
         }
         _ => {
             tracing::debug!(entry_id = id, code, "entry is no longer ours");
-            s.release_hold(id);
+            s.release_hold(lane, id);
         }
     }
 }
@@ -843,15 +962,19 @@ async fn scan_loop(s: Arc<Shared>) {
         }
         first = false;
         tracing::trace!("reclaim scan");
-        if let Err(e) = reclaim(&s).await {
-            if !e.is_nogroup() {
-                tracing::warn!(error = %e, "reclaim scan failed");
+        for lane in 0..s.lanes.len() {
+            if let Err(e) = reclaim(&s, lane).await {
+                if !e.is_nogroup() {
+                    tracing::warn!(error = %e, "reclaim scan failed");
+                }
             }
         }
         if let Some(after) = s.settings.reap_after {
             if last_reap.elapsed() >= (after / 4).max(interval) {
                 last_reap = Instant::now();
-                reap_consumers(&s, after).await;
+                for lane in 0..s.lanes.len() {
+                    reap_consumers(&s, lane, after).await;
+                }
             }
         }
     }
@@ -878,7 +1001,7 @@ async fn own_pending(
     })
 }
 
-async fn reclaim(s: &Arc<Shared>) -> Result<()> {
+async fn reclaim(s: &Arc<Shared>, lane: Lane) -> Result<()> {
     let mut budget = s.sem.available_permits();
     if budget == 0 {
         return Ok(());
@@ -890,7 +1013,7 @@ async fn reclaim(s: &Arc<Shared>) -> Result<()> {
         let reply: Value = s
             .client
             .xautoclaim(
-                s.key.as_str(),
+                s.key(lane),
                 s.group(),
                 &*s.consumer,
                 s.vt().as_millis() as u64,
@@ -909,10 +1032,10 @@ async fn reclaim(s: &Arc<Shared>) -> Result<()> {
             // dropped them from the pending list.
             s.metrics.deleted_pending.increment(deleted.len() as u64);
             tracing::warn!(count = deleted.len(), ids = ?deleted, "pending entries were deleted from the stream before being handled; data was lost upstream");
-            let _: std::result::Result<i64, _> = s.client.hdel(s.retry_key.as_str(), deleted).await;
+            let _: std::result::Result<i64, _> = s.client.hdel(s.retry_key(lane), deleted).await;
         }
         budget = budget.saturating_sub(claimed.len());
-        claimed_all.extend(claimed.into_iter().filter(|id| !s.is_held(id)));
+        claimed_all.extend(claimed.into_iter().filter(|id| !s.is_held(lane, id)));
         if next == "0-0" || budget == 0 {
             break;
         }
@@ -924,21 +1047,21 @@ async fn reclaim(s: &Arc<Shared>) -> Result<()> {
             count = claimed_all.len(),
             "reclaimed entries past the visibility timeout"
         );
-        schedule_claimed(s, claimed_all).await?;
+        schedule_claimed(s, lane, claimed_all).await?;
     }
     Ok(())
 }
 
 /// Holds freshly claimed entries and takes each one when its recorded retry is due (at once when
 /// there is no record: its worker died mid-attempt).
-async fn schedule_claimed(s: &Arc<Shared>, ids: Vec<String>) -> Result<()> {
+async fn schedule_claimed(s: &Arc<Shared>, lane: Lane, ids: Vec<String>) -> Result<()> {
     for id in &ids {
-        s.hold(id, Held::Claimed);
+        s.hold(lane, id, Held::Claimed);
     }
     let infos: Vec<Option<String>> = if ids.len() == 1 {
-        vec![s.client.hget(s.retry_key.as_str(), ids[0].as_str()).await?]
+        vec![s.client.hget(s.retry_key(lane), ids[0].as_str()).await?]
     } else {
-        s.client.hmget(s.retry_key.as_str(), ids.clone()).await?
+        s.client.hmget(s.retry_key(lane), ids.clone()).await?
     };
     let now_ms = redis_now_ms(&s.client).await?;
     for (id, info) in ids.into_iter().zip(infos) {
@@ -952,7 +1075,7 @@ async fn schedule_claimed(s: &Arc<Shared>, ids: Vec<String>) -> Result<()> {
         // be a poison pill that kills its process, so it runs alone, and cannot take innocent
         // neighbours down with it (their delivery counts would grow with every crash).
         let isolate = info.is_none();
-        wait_then_take(s, &id, wait, isolate);
+        wait_then_take(s, lane, &id, wait, isolate);
     }
     Ok(())
 }
@@ -969,9 +1092,9 @@ async fn redis_now_ms(client: &Client) -> Result<u64> {
 
 /// Deletes consumers of this group that have been idle for `after` and own nothing (R-4.9). A
 /// consumer that still owns entries is never deleted: the scanner reclaims its entries first.
-async fn reap_consumers(s: &Arc<Shared>, after: Duration) {
+async fn reap_consumers(s: &Arc<Shared>, lane: Lane, after: Duration) {
     let infos: std::result::Result<Vec<HashMap<String, Value>>, _> =
-        s.client.xinfo_consumers(s.key.as_str(), s.group()).await;
+        s.client.xinfo_consumers(s.key(lane), s.group()).await;
     let Ok(infos) = infos else { return };
     for c in infos {
         let name = c
@@ -984,15 +1107,15 @@ async fn reap_consumers(s: &Arc<Shared>, after: Duration) {
         {
             continue;
         }
-        delete_consumer_if_idle(s, &name, after.as_millis() as u64).await;
+        delete_consumer_if_idle(s, lane, &name, after.as_millis() as u64).await;
     }
 }
 
-async fn delete_consumer_if_idle(s: &Shared, name: &str, min_idle_ms: u64) {
+async fn delete_consumer_if_idle(s: &Shared, lane: Lane, name: &str, min_idle_ms: u64) {
     let r = s
         .eval(
             redis::delete_idle_consumer_script(),
-            vec![s.key.clone()],
+            vec![s.key(lane).to_owned()],
             vec![
                 Value::from(s.group()),
                 Value::from(name),
@@ -1019,39 +1142,46 @@ async fn heartbeat_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
-        let ids = s.held_ids();
-        for chunk in ids.chunks(SCRIPT_CHUNK) {
-            let mut args = vec![Value::from(s.group()), Value::from(&*s.consumer)];
-            args.extend(chunk.iter().map(|id| Value::from(id.as_str())));
-            match s
-                .eval(redis::renew_script(), vec![s.key.clone()], args)
-                .await
-            {
-                Ok(Value::Array(lost)) => {
-                    for id in lost.into_iter().filter_map(value_string) {
-                        s.metrics.lease_lost.increment(1);
-                        tracing::warn!(entry_id = %id, "lease lost: another worker took this entry over");
-                        if let Ok(mut h) = s.held.lock() {
-                            if let Some(Held::Waiting(_, Some(a))) = h.remove(&id) {
-                                a.abort();
+        let held = s.held_ids();
+        for lane in 0..s.lanes.len() {
+            let ids: Vec<&str> = held
+                .iter()
+                .filter(|(l, _)| *l == lane)
+                .map(|(_, id)| id.as_str())
+                .collect();
+            for chunk in ids.chunks(SCRIPT_CHUNK) {
+                let mut args = vec![Value::from(s.group()), Value::from(&*s.consumer)];
+                args.extend(chunk.iter().map(|id| Value::from(*id)));
+                match s
+                    .eval(redis::renew_script(), vec![s.key(lane).to_owned()], args)
+                    .await
+                {
+                    Ok(Value::Array(lost)) => {
+                        for id in lost.into_iter().filter_map(value_string) {
+                            s.metrics.lease_lost.increment(1);
+                            tracing::warn!(entry_id = %id, "lease lost: another worker took this entry over");
+                            if let Ok(mut h) = s.held.lock() {
+                                if let Some(Held::Waiting(_, Some(a))) = h.remove(&(lane, id)) {
+                                    a.abort();
+                                }
                             }
                         }
                     }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
             }
         }
     }
 }
 
-async fn release(s: &Shared, ids: &[String]) {
+async fn release(s: &Shared, lane: Lane, ids: &[String]) {
     let mut released = 0;
     for chunk in ids.chunks(SCRIPT_CHUNK) {
         let mut args = vec![Value::from(s.group()), Value::from(&*s.consumer)];
         args.extend(chunk.iter().map(|id| Value::from(id.as_str())));
         match s
-            .eval(redis::release_script(), vec![s.key.clone()], args)
+            .eval(redis::release_script(), vec![s.key(lane).to_owned()], args)
             .await
         {
             Ok(Value::Integer(n)) => released += n,
