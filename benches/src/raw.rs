@@ -1,0 +1,263 @@
+//! Raw ceilings: the fastest hand-written fred loops for the same work the bus does, writing the
+//! same entries (the six envelope fields `v`, `id`, `type`, `ts`, `ct`, `p` with a MessagePack
+//! payload of the same [`Load`] event), so the ratios measure the library's own overhead.
+
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bus_core::{Codec, Event};
+use fred::bytes::Bytes;
+use fred::bytes_utils::Str;
+use fred::prelude::*;
+use fred::types::Value;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::{latency_histogram, since_us, BoxError, BoxResult, Load};
+
+/// The fields of one entry, as the bus would write them for `Load::new(seq)` (stamped now).
+pub fn entry_fields(seq: u64) -> BoxResult<Vec<(&'static str, Value)>> {
+    let payload = Codec::MessagePack.encode(&Load::new(seq))?;
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Ok(vec![
+        ("v", Value::from("1")),
+        ("id", Value::from(uuid::Uuid::now_v7().to_string())),
+        ("type", Value::from(Load::NAME)),
+        ("ts", Value::from(ts)),
+        ("ct", Value::from("msgpack")),
+        ("p", Value::Bytes(payload.into())),
+    ])
+}
+
+/// XADDs `0..n` in explicit `pipeline()`s of `batch` commands, `in_flight` pipelines at a time.
+pub async fn xadd_pipelined(
+    client: &Client,
+    key: &str,
+    n: u64,
+    batch: u64,
+    in_flight: usize,
+) -> BoxResult<()> {
+    let starts: Vec<u64> = (0..n).step_by(batch.max(1) as usize).collect();
+    futures::stream::iter(starts)
+        .map(|start| async move {
+            let p = client.pipeline();
+            for seq in start..(start + batch).min(n) {
+                let () = p.xadd(key, false, None, "*", entry_fields(seq)?).await?;
+            }
+            let _: Value = p.all().await?;
+            Ok::<(), BoxError>(())
+        })
+        .buffer_unordered(in_flight)
+        .try_collect()
+        .await
+}
+
+/// XADDs `0..n` as independent commands, `in_flight` at a time (fred pipelines them).
+pub async fn xadd_concurrent(
+    client: &Client,
+    key: &str,
+    n: u64,
+    in_flight: usize,
+) -> BoxResult<()> {
+    futures::stream::iter(0..n)
+        .map(|seq| async move {
+            let _: Value = client
+                .xadd(key, false, None, "*", entry_fields(seq)?)
+                .await?;
+            Ok::<(), BoxError>(())
+        })
+        .buffer_unordered(in_flight)
+        .try_collect()
+        .await
+}
+
+/// Creates `group` on `key` (and the stream), starting at `start`; an existing group is fine.
+pub async fn ensure_group(client: &Client, key: &str, group: &str, start: &str) -> BoxResult<()> {
+    match client
+        .xgroup_create::<Value, _, _, _>(key, group, start, true)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.details().starts_with("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The entries of an `XREADGROUP` reply on one stream (RESP2 shape), as (entry id, payload field
+/// `p`). A nil reply (BLOCK timed out) is no entries.
+pub fn parse_read(reply: Value) -> Vec<(Str, Option<Bytes>)> {
+    let mut out = Vec::new();
+    let Value::Array(streams) = reply else {
+        return out;
+    };
+    for stream in streams {
+        let Value::Array(mut key_entries) = stream else {
+            continue;
+        };
+        let Some(Value::Array(entries)) = key_entries.pop() else {
+            continue;
+        };
+        out.reserve(entries.len());
+        for entry in entries {
+            let Value::Array(mut parts) = entry else {
+                continue;
+            };
+            if parts.len() != 2 {
+                continue;
+            }
+            let fields = parts.pop();
+            let Some(id) = parts.pop().and_then(Value::into_bytes_str) else {
+                continue;
+            };
+            let mut payload = None;
+            if let Some(Value::Array(flat)) = fields {
+                let mut it = flat.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    if k.as_bytes() == Some(b"p") {
+                        payload = v.into_bytes();
+                        break;
+                    }
+                }
+            }
+            out.push((id, payload));
+        }
+    }
+    out
+}
+
+/// Decodes the payload of every entry; how many decoded.
+fn decode_all(entries: &[(Str, Option<Bytes>)]) -> BoxResult<u64> {
+    let mut n = 0;
+    for (_, p) in entries {
+        if let Some(p) = p {
+            let _: Load = Codec::MessagePack.decode(p)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Drains `n` entries of the backlog on `key` through a new `group`: `XREADGROUP COUNT count
+/// BLOCK` on its own connection, decode every payload, one `XACK` per read sent in the background
+/// (overlapping the next read). Returns the time until the last XACK was answered.
+pub async fn drain(
+    client: &Client,
+    key: &str,
+    group: &str,
+    n: u64,
+    count: u64,
+) -> BoxResult<Duration> {
+    ensure_group(client, key, group, "0").await?;
+    let reader = client.clone_new();
+    reader.init().await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let started = Instant::now();
+    let mut handled = 0;
+    let mut acks = Vec::new();
+    while handled < n {
+        if Instant::now() > deadline {
+            let _ = reader.quit().await;
+            return Err(format!("raw drain stalled at {handled}/{n}").into());
+        }
+        let reply: Value = reader
+            .xreadgroup(group, "raw", Some(count), Some(2_000), false, key, ">")
+            .await?;
+        let entries = parse_read(reply);
+        decode_all(&entries)?;
+        handled += entries.len() as u64;
+        if !entries.is_empty() {
+            let ids: Vec<Str> = entries.into_iter().map(|(id, _)| id).collect();
+            let (client, key, group) = (client.clone(), key.to_owned(), group.to_owned());
+            acks.push(tokio::spawn(async move {
+                client.xack::<u64, _, _, _>(key, group, ids).await
+            }));
+        }
+    }
+    for a in acks {
+        a.await??;
+    }
+    let took = started.elapsed();
+    let _ = reader.quit().await;
+    Ok(took)
+}
+
+/// Calls `publish(seq)` for `0..total` at `rate` per second (each call in its own task, so a slow
+/// reply does not delay the schedule), waits for all, and returns the achieved rate.
+pub async fn paced<F, Fut>(rate: u64, total: u64, mut publish: F) -> BoxResult<f64>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = BoxResult<()>> + Send + 'static,
+{
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let started = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for seq in 0..total {
+        tokio::time::sleep_until(started + interval.mul_f64(seq as f64)).await;
+        tasks.spawn(publish(seq));
+        while let Some(r) = tasks.try_join_next() {
+            r??;
+        }
+    }
+    let span = started.elapsed().as_secs_f64().max(1e-9);
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(total as f64 / span)
+}
+
+/// Raw publish→read latency: XADD at `rate`/s for `secs` s on one connection while a reader
+/// (`XREADGROUP COUNT 256 BLOCK` on its own connection, decode, XACK in the background) records
+/// now − the publish stamp in the payload. Returns the histogram (µs) and the achieved rate.
+pub async fn latency(
+    client: &Client,
+    key: &str,
+    rate: u64,
+    secs: u64,
+) -> BoxResult<(hdrhistogram::Histogram<u64>, f64)> {
+    let group = "raw-latency";
+    ensure_group(client, key, group, "$").await?;
+    let reader = client.clone_new();
+    reader.init().await?;
+    let total = rate * secs;
+    let (c, k) = (client.clone(), key.to_owned());
+    let read = tokio::spawn(async move {
+        let mut hist = latency_histogram()?;
+        let deadline = Instant::now() + Duration::from_secs(secs + 30);
+        let mut got = 0;
+        while got < total && Instant::now() < deadline {
+            let reply: Value = reader
+                .xreadgroup(group, "raw", Some(256), Some(500), false, k.as_str(), ">")
+                .await?;
+            let entries = parse_read(reply);
+            for (_, p) in &entries {
+                if let Some(p) = p {
+                    let ev: Load = Codec::MessagePack.decode(p)?;
+                    hist.record(since_us(ev.sent_ns).max(1))?;
+                }
+            }
+            got += entries.len() as u64;
+            if !entries.is_empty() {
+                let ids: Vec<Str> = entries.into_iter().map(|(id, _)| id).collect();
+                let (c, k) = (c.clone(), k.clone());
+                tokio::spawn(async move { c.xack::<u64, _, _, _>(k, group, ids).await });
+            }
+        }
+        let _ = reader.quit().await;
+        Ok::<_, BoxError>(hist)
+    });
+    let achieved = paced(rate, total, |seq| {
+        let (c, k) = (client.clone(), key.to_owned());
+        async move {
+            let _: Value = c.xadd(k, false, None, "*", entry_fields(seq)?).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let hist = read.await??;
+    if hist.len() < total {
+        return Err(format!("raw latency: read {} of {total}", hist.len()).into());
+    }
+    Ok((hist, achieved))
+}
