@@ -186,6 +186,9 @@ struct Report {
     publish_concurrent_per_s: Option<f64>,
     publish_batch_per_s: Option<f64>,
     drain_per_s: Option<f64>,
+    /// W2 with read-ahead (`SubscriberOptions::prefetch`) so reads ask for up to 256 entries.
+    drain_prefetch_per_s: Option<f64>,
+    drain_prefetch_ratio: Option<f64>,
     fanout_deliveries_per_s: Option<f64>,
     retry_drain_per_s: Option<f64>,
     retry_total_s: Option<f64>,
@@ -254,6 +257,7 @@ impl Report {
         };
         self.publish_ratio = div(self.publish_batch_per_s, self.raw_xadd_per_s);
         self.drain_ratio = div(self.drain_per_s, self.raw_drain_per_s);
+        self.drain_prefetch_ratio = div(self.drain_prefetch_per_s, self.raw_drain_per_s);
         self.fanout_ratio = div(self.fanout_deliveries_per_s, self.drain_per_s);
         self.latency_ratio = div(self.latency_p99_ms, self.raw_latency_p99_ms);
     }
@@ -596,6 +600,7 @@ async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report) -> BoxResu
         None
     };
     let mut w2 = Series::default();
+    let mut w2b = Series::default();
     let mut raws: Vec<(u64, Series)> = RAW_DRAIN_COUNTS
         .iter()
         .map(|c| (*c, Series::default()))
@@ -610,6 +615,15 @@ async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report) -> BoxResu
             let rate = w2.push(n, d.took, d.cpu);
             bus_rate = rate;
             line += &format!(" W2 {rate:.0}/s;");
+            delete_prefix(bus).await?;
+            backlog(bus, n).await?;
+            let ahead = 256usize.saturating_sub(args.concurrency);
+            let d = drain_with_worker(bus, n, &["drain"], None, args.concurrency, |o| {
+                o.prefetch(ahead)
+            })
+            .await?;
+            let rate = w2b.push(n, d.took, d.cpu);
+            line += &format!(" W2 prefetch {rate:.0}/s;");
             delete_prefix(bus).await?;
         }
         if let Some(raw) = &raw {
@@ -634,6 +648,7 @@ async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report) -> BoxResu
     report.drain_ratio_paired = report.record("drain_ratio_paired", &paired);
     if bus.is_some() {
         report.drain_per_s = report.record_series("drain", &w2);
+        report.drain_prefetch_per_s = report.record_series("drain_prefetch", &w2b);
     }
     if let Some(raw) = raw {
         for (count, s) in &raws {
@@ -971,6 +986,14 @@ fn print_table(r: &Report) {
         &format!("W2 drain, 1 worker, concurrency {}", r.concurrency),
         "drain",
     ));
+    rows.push(series(
+        &format!(
+            "W2b drain, concurrency {}, prefetch {} (reads of 256)",
+            r.concurrency,
+            256usize.saturating_sub(r.concurrency)
+        ),
+        "drain_prefetch",
+    ));
     rows.push((
         "W3 latency p50 / p99 / max".into(),
         latency(r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms),
@@ -1043,6 +1066,11 @@ fn print_table(r: &Report) {
         fmt_ratio(r.drain_ratio, "≥ 0.8", |v| v >= 0.8),
         r.drain_ratio_paired
             .map_or(String::new(), |v| format!("paired per repeat: {v:.2}")),
+    ));
+    rows.push((
+        "drain_prefetch_ratio = W2b / best raw drain".into(),
+        fmt_ratio(r.drain_prefetch_ratio, "≥ 0.8", |v| v >= 0.8),
+        String::new(),
     ));
     rows.push((
         "fanout_ratio = W4 deliveries / W2".into(),

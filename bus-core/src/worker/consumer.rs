@@ -177,6 +177,8 @@ pub(crate) struct Runtime {
     own_pending: Vec<(Lane, String)>,
     reader: Client,
     reading: Arc<AtomicBool>,
+    /// Read the highest non-empty lane only (see [`Runtime::read`]).
+    strict: AtomicBool,
     ackers: Vec<JoinHandle<()>>,
 }
 
@@ -255,6 +257,7 @@ impl Runtime {
             }),
             reader,
             reading: Arc::new(AtomicBool::new(true)),
+            strict: AtomicBool::new(false),
             ackers,
         })
     }
@@ -337,7 +340,8 @@ impl Runtime {
                 p = s.sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = stop.changed() => continue,
             };
-            let want = (1 + s.sem.available_permits()).min(MAX_READ.min(concurrency));
+            let want = (1 + s.sem.available_permits() + s.opts.get_prefetch())
+                .min(MAX_READ.max(concurrency));
             drop(first);
             if s.stopped() {
                 break;
@@ -384,23 +388,55 @@ impl Runtime {
         }
     }
 
-    /// Reads up to `count` new entries from the highest-priority lane that has any (one script,
-    /// no blocking); when every lane is empty, blocks on all lanes for the next entry.
+    /// Reads up to `count` new entries, higher priority lanes first.
+    ///
+    /// Usually one plain non-blocking `XREADGROUP` over all lanes: when only one lane has new
+    /// entries (the common case) that is exact. When several have, that read may return up to
+    /// `count` from each; they run highest lane first, and the following reads switch to a
+    /// script that reads only the highest non-empty lane (strict priority) until a read comes
+    /// back short. When nothing is waiting, one blocking read on all lanes waits for the next.
     async fn read(&self, count: usize) -> Result<Vec<(Lane, RawEntry)>> {
         let s = &self.shared;
         let keys: Vec<String> = s.lanes.iter().map(|l| l.key.clone()).collect();
-        let reply = redis::eval(
-            redis::lane_read_script(),
-            &self.reader,
-            keys.clone(),
-            vec![
-                Value::from(s.group()),
-                Value::from(&*s.consumer),
-                Value::from(count as i64),
-            ],
-        )
-        .await?;
+        let strict = self.strict.load(Ordering::Relaxed);
+        let reply: Value = if strict {
+            redis::eval(
+                redis::lane_read_script(),
+                &self.reader,
+                keys.clone(),
+                vec![
+                    Value::from(s.group()),
+                    Value::from(&*s.consumer),
+                    Value::from(count as i64),
+                ],
+            )
+            .await?
+        } else {
+            let ids = vec![">"; keys.len()];
+            self.reader
+                .xreadgroup(
+                    s.group(),
+                    &*s.consumer,
+                    Some(count as u64),
+                    None,
+                    false,
+                    keys.clone(),
+                    ids,
+                )
+                .await?
+        };
         let mut entries = self.by_lane(reply);
+        let lanes_hit = entries
+            .iter()
+            .map(|(l, _)| *l)
+            .fold(0u8, |mask, l| mask | (1 << l))
+            .count_ones();
+        let next_strict = if strict {
+            entries.len() >= count
+        } else {
+            lanes_hit > 1
+        };
+        self.strict.store(next_strict, Ordering::Relaxed);
         if entries.is_empty() && !s.stopped() {
             let block_ms = s.opts.get_block_timeout().as_millis() as u64;
             let ids = vec![">"; keys.len()];
@@ -409,7 +445,7 @@ impl Runtime {
                 .xreadgroup(
                     s.group(),
                     &*s.consumer,
-                    Some(1),
+                    Some(count as u64),
                     Some(block_ms),
                     false,
                     keys,
