@@ -234,9 +234,7 @@ struct ContextInner {
     event_id: String,
     event_type: String,
     entry_id: String,
-    stream: String,
-    group: String,
-    consumer: String,
+    names: ContextNames,
     attempt: u32,
     published_at_ms: u64,
     headers: Vec<(String, String)>,
@@ -272,17 +270,17 @@ impl Context {
 
     /// The stream name.
     pub fn stream(&self) -> &str {
-        &self.inner.stream
+        &self.inner.names.stream
     }
 
     /// The consumer group.
     pub fn group(&self) -> &str {
-        &self.inner.group
+        &self.inner.names.group
     }
 
     /// This worker's consumer name.
     pub fn consumer(&self) -> &str {
-        &self.inner.consumer
+        &self.inner.names.consumer
     }
 
     /// Which delivery of this event to this group this is; the first is 1.
@@ -328,9 +326,7 @@ impl Default for ContextBuilder {
                 event_id: "00000000-0000-0000-0000-000000000000".into(),
                 event_type: String::new(),
                 entry_id: "0-1".into(),
-                stream: "test".into(),
-                group: "test".into(),
-                consumer: "test".into(),
+                names: ContextNames::new("test", "test", "test"),
                 attempt: 1,
                 published_at_ms: 0,
                 headers: Vec::new(),
@@ -355,9 +351,27 @@ impl ContextBuilder {
     setter!(event_id, String, "Sets the event id.");
     setter!(event_type, String, "Sets the event type name.");
     setter!(entry_id, String, "Sets the entry id.");
-    setter!(stream, String, "Sets the stream.");
-    setter!(group, String, "Sets the group.");
-    setter!(consumer, String, "Sets the consumer name.");
+
+    /// Sets the stream.
+    #[must_use]
+    pub fn stream(mut self, v: impl AsRef<str>) -> Self {
+        self.inner.names.stream = Arc::from(v.as_ref());
+        self
+    }
+
+    /// Sets the group.
+    #[must_use]
+    pub fn group(mut self, v: impl AsRef<str>) -> Self {
+        self.inner.names.group = Arc::from(v.as_ref());
+        self
+    }
+
+    /// Sets the consumer name.
+    #[must_use]
+    pub fn consumer(mut self, v: impl AsRef<str>) -> Self {
+        self.inner.names.consumer = Arc::from(v.as_ref());
+        self
+    }
 
     /// Sets the attempt number.
     #[must_use]
@@ -514,15 +528,31 @@ impl<S: Subscriber> Subscriber for Configured<S> {
     }
 }
 
+/// The names every context of one subscriber shares (cheap to clone).
+#[derive(Debug, Clone)]
+pub(crate) struct ContextNames {
+    stream: Arc<str>,
+    group: Arc<str>,
+    consumer: Arc<str>,
+}
+
+impl ContextNames {
+    pub(crate) fn new(stream: &str, group: &str, consumer: &str) -> Self {
+        Self {
+            stream: Arc::from(stream),
+            group: Arc::from(group),
+            consumer: Arc::from(consumer),
+        }
+    }
+}
+
 /// Builds the context for one delivery.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn make_context(
     event_id: String,
     event_type: String,
     entry_id: String,
-    stream: &str,
-    group: &str,
-    consumer: &str,
+    names: &ContextNames,
     attempt: u32,
     published_at_ms: u64,
     headers: Vec<(String, String)>,
@@ -533,9 +563,7 @@ pub(crate) fn make_context(
             event_id,
             event_type,
             entry_id,
-            stream: stream.to_owned(),
-            group: group.to_owned(),
-            consumer: consumer.to_owned(),
+            names: names.clone(),
             attempt,
             published_at_ms,
             headers,

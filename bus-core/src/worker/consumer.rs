@@ -27,7 +27,7 @@ use crate::metrics::SubscriberMetrics;
 use crate::names::Priority;
 use crate::redis::{self, value_bytes, value_string};
 use crate::status::{self, State, StatusWrite};
-use crate::subscriber::{make_context, StartFrom, SubscriberOptions};
+use crate::subscriber::{make_context, ContextNames, StartFrom, SubscriberOptions};
 
 /// Most entries asked for in one read.
 const MAX_READ: usize = 256;
@@ -69,8 +69,11 @@ pub(crate) struct Shared {
     consumer: Arc<str>,
     sem: Arc<Semaphore>,
     acks: Mutex<Option<Vec<AckSender>>>,
-    held: Mutex<HashMap<(Lane, String), Held>>,
+    /// Per lane: entry id → state.
+    held: Mutex<Vec<HashMap<String, Held>>>,
     tokens: std::sync::atomic::AtomicU64,
+    /// Stream, group and consumer names shared by every delivery's context.
+    names: ContextNames,
     stop: watch::Receiver<bool>,
     metrics: SubscriberMetrics,
 }
@@ -110,7 +113,9 @@ impl Shared {
 
     fn hold(&self, lane: Lane, id: &str, state: Held) {
         if let Ok(mut h) = self.held.lock() {
-            h.insert((lane, id.to_owned()), state);
+            if let Some(m) = h.get_mut(lane) {
+                m.insert(id.to_owned(), state);
+            }
         }
     }
 
@@ -122,7 +127,7 @@ impl Shared {
     /// state (the task may already have moved it on).
     fn attach(&self, lane: Lane, id: &str, token: u64, handle: AbortHandle) {
         if let Ok(mut h) = self.held.lock() {
-            match h.get_mut(&(lane, id.to_owned())) {
+            match h.get_mut(lane).and_then(|m| m.get_mut(id)) {
                 Some(Held::Running(t, slot)) | Some(Held::Waiting(t, slot)) if *t == token => {
                     *slot = Some(handle);
                 }
@@ -133,21 +138,28 @@ impl Shared {
 
     fn release_hold(&self, lane: Lane, id: &str) {
         if let Ok(mut h) = self.held.lock() {
-            h.remove(&(lane, id.to_owned()));
+            if let Some(m) = h.get_mut(lane) {
+                m.remove(id);
+            }
         }
     }
 
     fn is_held(&self, lane: Lane, id: &str) -> bool {
         self.held
             .lock()
-            .map(|h| h.contains_key(&(lane, id.to_owned())))
+            .map(|h| h.get(lane).is_some_and(|m| m.contains_key(id)))
             .unwrap_or(false)
     }
 
     fn held_ids(&self) -> Vec<(Lane, String)> {
         self.held
             .lock()
-            .map(|h| h.keys().cloned().collect())
+            .map(|h| {
+                h.iter()
+                    .enumerate()
+                    .flat_map(|(lane, m)| m.keys().map(move |id| (lane, id.clone())))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -237,6 +249,7 @@ impl Runtime {
         }
         let own_pending = own;
         let metrics = SubscriberMetrics::new(sub.stream(), opts.group());
+        let names = ContextNames::new(sub.stream(), opts.group(), &consumer);
         Ok(Self {
             own_pending,
             shared: Arc::new(Shared {
@@ -250,8 +263,9 @@ impl Runtime {
                 consumer,
                 sem,
                 acks: Mutex::new(Some(acks)),
-                held: Mutex::new(HashMap::new()),
+                held: Mutex::new((0..Priority::ALL.len()).map(|_| HashMap::new()).collect()),
                 tokens: std::sync::atomic::AtomicU64::new(0),
+                names,
                 metrics,
                 stop,
             }),
@@ -472,7 +486,7 @@ impl Runtime {
         let s = &self.shared;
         // Entries waiting for a retry or just claimed: stop their tasks; they are released below.
         if let Ok(h) = s.held.lock() {
-            for state in h.values() {
+            for state in h.iter().flat_map(HashMap::values) {
                 if let Held::Waiting(_, Some(a)) = state {
                     a.abort();
                 }
@@ -486,7 +500,8 @@ impl Runtime {
                 .held
                 .lock()
                 .map(|h| {
-                    h.values()
+                    h.iter()
+                        .flat_map(HashMap::values)
                         .filter_map(|st| match st {
                             Held::Running(_, Some(a)) => Some(a.clone()),
                             _ => None,
@@ -560,10 +575,10 @@ async fn process(s: &Arc<Shared>, lane: Lane, entry: RawEntry, attempt: u32) {
         s.release_hold(lane, &id);
         return;
     };
-    let env = match envelope::decode(&fields) {
+    let mut env = match envelope::decode(&fields) {
         Ok(env) => env,
         Err(e) => {
-            dead_letter(s, lane, &id, attempt, "decode", &e.to_string()).await;
+            Box::pin(dead_letter(s, lane, &id, attempt, "decode", &e.to_string())).await;
             return;
         }
     };
@@ -583,20 +598,20 @@ async fn process(s: &Arc<Shared>, lane: Lane, entry: RawEntry, attempt: u32) {
         entry_id = %id,
         attempt
     );
+    let event_id = env.event_id.clone();
     let ctx = make_context(
-        env.event_id.clone(),
-        env.event_type.clone(),
+        std::mem::take(&mut env.event_id),
+        std::mem::take(&mut env.event_type),
         id.clone(),
-        s.sub.stream(),
-        s.group(),
-        &s.consumer,
+        &s.names,
         attempt,
         env.published_at_ms,
-        env.headers.clone(),
+        std::mem::take(&mut env.headers),
         s.opts.get_track_status(),
     );
-    let event_id = env.event_id.clone();
-    record(s, &event_id, State::Running, attempt, None, None).await;
+    if s.opts.get_track_status() {
+        Box::pin(record(s, &event_id, State::Running, attempt, None, None)).await;
+    }
     let published_at_ms = env.published_at_ms;
     let started = Instant::now();
     s.metrics
@@ -612,21 +627,23 @@ async fn process(s: &Arc<Shared>, lane: Lane, entry: RawEntry, attempt: u32) {
     let failure = match outcome {
         Ok(Dispatch::Done(Ok(output))) => {
             s.metrics.handled.increment(1);
-            record(
-                s,
-                &event_id,
-                State::Succeeded,
-                attempt,
-                None,
-                output.result.as_deref(),
-            )
-            .await;
+            if s.opts.get_track_status() {
+                Box::pin(record(
+                    s,
+                    &event_id,
+                    State::Succeeded,
+                    attempt,
+                    None,
+                    output.result.as_deref(),
+                ))
+                .await;
+            }
             s.ack(lane, id.clone());
             s.release_hold(lane, &id);
             if attempt > 1 {
                 // Forget the retry record of an event that finally succeeded.
-                let _: std::result::Result<i64, _> =
-                    s.client.hdel(s.retry_key(lane), id.as_str()).await;
+                let forget = s.client.hdel::<i64, _, _>(s.retry_key(lane), id.as_str());
+                let _ = Box::pin(forget).await;
             }
             return;
         }
@@ -653,20 +670,36 @@ async fn process(s: &Arc<Shared>, lane: Lane, entry: RawEntry, attempt: u32) {
         }
     }
     if !reason.is_empty() {
-        if dead_letter(s, lane, &id, attempt, reason, &error)
+        if Box::pin(dead_letter(s, lane, &id, attempt, reason, &error))
             .instrument(span)
             .await
         {
-            record(s, &event_id, State::Dead, attempt, Some(&error), None).await;
+            Box::pin(record(
+                s,
+                &event_id,
+                State::Dead,
+                attempt,
+                Some(&error),
+                None,
+            ))
+            .await;
         }
         return;
     }
     let delay = delay.unwrap_or_else(|| s.backoff(attempt));
-    if schedule_retry(s, lane, &id, attempt, delay, &error)
+    if Box::pin(schedule_retry(s, lane, &id, attempt, delay, &error))
         .instrument(span)
         .await
     {
-        record(s, &event_id, State::Failed, attempt, Some(&error), None).await;
+        Box::pin(record(
+            s,
+            &event_id,
+            State::Failed,
+            attempt,
+            Some(&error),
+            None,
+        ))
+        .await;
     }
 }
 
@@ -1197,7 +1230,9 @@ async fn heartbeat_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                             s.metrics.lease_lost.increment(1);
                             tracing::warn!(entry_id = %id, "lease lost: another worker took this entry over");
                             if let Ok(mut h) = s.held.lock() {
-                                if let Some(Held::Waiting(_, Some(a))) = h.remove(&(lane, id)) {
+                                if let Some(Held::Waiting(_, Some(a))) =
+                                    h.get_mut(lane).and_then(|m| m.remove(&id))
+                                {
                                     a.abort();
                                 }
                             }
