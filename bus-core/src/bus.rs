@@ -354,7 +354,7 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) struct Prepared {
     pub(crate) key: String,
     pub(crate) event_id: String,
-    pub(crate) fields: Vec<(String, Value)>,
+    pub(crate) fields: Vec<(fred::types::Key, Value)>,
 }
 
 impl Bus {
@@ -402,6 +402,20 @@ impl Bus {
         for (name, _) in &opts.headers {
             validate_name("header", name)?;
         }
+        let (event_id, fields) = self.encode_entry(event, opts)?;
+        Ok(Prepared {
+            key: self.keys(E::STREAM).lane(opts.priority),
+            event_id,
+            fields,
+        })
+    }
+
+    /// Encodes one event's entry fields (names already checked).
+    fn encode_entry<E: Event>(
+        &self,
+        event: &E,
+        opts: &PublishOptions,
+    ) -> Result<(String, Vec<(fred::types::Key, Value)>)> {
         let payload = self.inner.codec.encode(event)?;
         if payload.len() > self.inner.max_payload {
             return Err(Error::PayloadTooLarge {
@@ -418,11 +432,7 @@ impl Bus {
             payload,
             &opts.headers,
         );
-        Ok(Prepared {
-            key: self.keys(E::STREAM).lane(opts.priority),
-            event_id,
-            fields,
-        })
+        Ok((event_id, fields))
     }
 
     /// Publishes one event to its stream. Returns once Redis has stored it.
@@ -472,7 +482,7 @@ impl Bus {
             Value::from(p.event_id.as_str()),
         ];
         for (k, v) in p.fields {
-            args.push(Value::from(k));
+            args.push(Value::Bytes(k.into_bytes()));
             args.push(v);
         }
         let reply = crate::redis::eval(
@@ -501,20 +511,21 @@ impl Bus {
     /// is invalid or too large, nothing is written.
     pub async fn publish_batch<E: Event>(&self, events: &[E]) -> Result<Vec<Published>> {
         let opts = PublishOptions::new();
-        let prepared = events
+        validate_name("stream", E::STREAM)?;
+        let encoded = events
             .iter()
-            .map(|e| self.prepare(e, &opts))
+            .map(|e| self.encode_entry(e, &opts))
             .collect::<Result<Vec<_>>>()?;
-        if prepared.is_empty() {
+        if encoded.is_empty() {
             return Ok(Vec::new());
         }
+        // One key for the whole batch: clones share its bytes.
+        let key = fred::types::Key::from(self.keys(E::STREAM).lane(opts.priority));
         let pipeline = self.inner.client.pipeline();
-        let mut event_ids = Vec::with_capacity(prepared.len());
-        for p in prepared {
-            let () = pipeline
-                .xadd(p.key.as_str(), false, None, "*", p.fields)
-                .await?;
-            event_ids.push(p.event_id);
+        let mut event_ids = Vec::with_capacity(encoded.len());
+        for (event_id, fields) in encoded {
+            let () = pipeline.xadd(key.clone(), false, None, "*", fields).await?;
+            event_ids.push(event_id);
         }
         let entry_ids: Vec<String> = pipeline.all().await?;
         crate::metrics::published(E::STREAM, entry_ids.len() as u64);

@@ -76,7 +76,7 @@ fn move_script() -> &'static Script {
 /// Encodes an entry's fields as a MessagePack array of raw strings. Redis's `cmsgpack` has no
 /// `bin` type, so byte strings go as `str` headers followed by the raw bytes (Lua strings are
 /// binary-safe; `cmsgpack` does not check UTF-8).
-fn encode_member(fields: &[(String, Value)]) -> Result<Vec<u8>> {
+fn encode_member(fields: &[(fred::types::Key, Value)]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(64);
     let enc = |e: rmp::encode::ValueWriteError| Error::Encode(e.to_string());
     rmp::encode::write_array_len(&mut out, (fields.len() * 2) as u32).map_err(enc)?;
@@ -200,8 +200,11 @@ mod tests {
     #[test]
     fn members_are_msgpack_arrays_of_raw_strings() {
         let m = encode_member(&[
-            ("p".into(), Value::Bytes(vec![0xff, 0].into())),
-            ("v".into(), Value::from("1")),
+            (
+                fred::types::Key::from("p"),
+                Value::Bytes(vec![0xff, 0].into()),
+            ),
+            (fred::types::Key::from("v"), Value::from("1")),
         ])
         .expect("encode");
         assert_eq!(

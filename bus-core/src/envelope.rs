@@ -12,7 +12,7 @@
 //! | `to` | only on replayed dead letters: the one group that should handle the entry |
 
 use fred::bytes::Bytes;
-use fred::types::Value;
+use fred::types::{Key, Value};
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -55,16 +55,32 @@ pub(crate) fn encode(
     codec: Codec,
     payload: Vec<u8>,
     headers: &[(String, String)],
-) -> Vec<(String, Value)> {
+) -> Vec<(Key, Value)> {
+    // Static field names and values: no allocation for them per event.
     let mut fields = Vec::with_capacity(6 + headers.len());
-    fields.push((F_VERSION.to_owned(), Value::from(VERSION)));
-    fields.push((F_ID.to_owned(), Value::from(event_id)));
-    fields.push((F_TYPE.to_owned(), Value::from(event_type)));
-    fields.push((F_TS.to_owned(), Value::from(published_at_ms as i64)));
-    fields.push((F_CODEC.to_owned(), Value::from(codec.tag())));
-    fields.push((F_PAYLOAD.to_owned(), Value::Bytes(payload.into())));
+    fields.push((
+        Key::from_static_str(F_VERSION),
+        Value::from_static_str(VERSION),
+    ));
+    fields.push((Key::from_static_str(F_ID), Value::from(event_id)));
+    fields.push((Key::from_static_str(F_TYPE), Value::from(event_type)));
+    fields.push((
+        Key::from_static_str(F_TS),
+        Value::Integer(published_at_ms as i64),
+    ));
+    fields.push((
+        Key::from_static_str(F_CODEC),
+        Value::from_static_str(codec.tag()),
+    ));
+    fields.push((
+        Key::from_static_str(F_PAYLOAD),
+        Value::Bytes(payload.into()),
+    ));
     for (k, v) in headers {
-        fields.push((format!("{HEADER_PREFIX}{k}"), Value::from(v.as_str())));
+        fields.push((
+            Key::from(format!("{HEADER_PREFIX}{k}")),
+            Value::from(v.as_str()),
+        ));
     }
     fields
 }
@@ -140,7 +156,7 @@ pub(crate) fn decode(fields: &[(Bytes, Bytes)]) -> Result<Envelope> {
 mod tests {
     use super::*;
 
-    fn as_bytes(fields: Vec<(String, Value)>) -> Vec<(Bytes, Bytes)> {
+    fn as_bytes(fields: Vec<(Key, Value)>) -> Vec<(Bytes, Bytes)> {
         fields
             .into_iter()
             .map(|(k, v)| {
@@ -150,7 +166,7 @@ mod tests {
                     Value::Integer(i) => Bytes::from(i.to_string()),
                     other => panic!("unexpected {other:?}"),
                 };
-                (Bytes::from(k), v)
+                (Bytes::copy_from_slice(k.as_bytes()), v)
             })
             .collect()
     }
