@@ -36,23 +36,8 @@ async fn delayed_events_are_handled_when_due_and_not_before() {
     let env = TestEnv::new("delayed").await;
     let rec = Recorder::new();
     let rc = rec.clone();
-    let w = env
-        .bus
-        .worker()
-        .move_delayed_every(Duration::from_millis(50))
-        .subscribe(subscriber_fn(
-            SubscriberOptions::new("g"),
-            move |j: Job, _| {
-                let rc = rc.clone();
-                async move {
-                    rc.record(j.n.to_string());
-                }
-            },
-        ))
-        .start()
-        .await
-        .expect("start");
     let before = redis_ms(&env).await;
+    let scheduled = Instant::now();
     let s = env
         .bus
         .publish_after(&Job { n: 1 }, Duration::from_millis(700))
@@ -69,8 +54,25 @@ async fn delayed_events_are_handled_when_due_and_not_before() {
         .await
         .expect("at");
     assert!(past.due_ms < before);
+    // Nothing moves them before a worker of the stream runs.
     assert_eq!(env.bus.delayed_count("jobs").await.expect("count"), 2);
-    let started = Instant::now();
+    let w = env
+        .bus
+        .worker()
+        .move_delayed_every(Duration::from_millis(50))
+        .subscribe(subscriber_fn(
+            SubscriberOptions::new("g"),
+            move |j: Job, _| {
+                let rc = rc.clone();
+                async move {
+                    rc.record(j.n.to_string());
+                }
+            },
+        ))
+        .start()
+        .await
+        .expect("start");
+
     rec.wait_for(T, "the past-due event", |s| s.contains_key("2"))
         .await;
     assert!(
@@ -79,7 +81,7 @@ async fn delayed_events_are_handled_when_due_and_not_before() {
     );
     rec.wait_for(T, "the delayed event", |s| s.contains_key("1"))
         .await;
-    let waited = started.elapsed();
+    let waited = scheduled.elapsed();
     assert!(
         waited >= Duration::from_millis(600),
         "handled after {waited:?}"
