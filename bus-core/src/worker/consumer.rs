@@ -99,6 +99,27 @@ impl Shared {
         &self.lanes[lane].retry_key
     }
 
+    /// KEYS of the per-entry scripts: the lane's stream, the dead-letter stream, the lane's
+    /// retry hash.
+    fn entry_keys(&self, lane: Lane) -> Vec<String> {
+        vec![
+            self.key(lane).to_owned(),
+            self.dlq_key.clone(),
+            self.retry_key(lane).to_owned(),
+        ]
+    }
+
+    /// The ARGV every per-entry script starts with: group, entry id, consumer.
+    fn entry_args(&self, id: &str, more: impl IntoIterator<Item = Value>) -> Vec<Value> {
+        let mut args = vec![
+            Value::from(self.group()),
+            Value::from(id),
+            Value::from(&*self.consumer),
+        ];
+        args.extend(more);
+        args
+    }
+
     fn lane_of(&self, key: &str) -> Option<Lane> {
         self.lanes.iter().position(|l| l.key == key)
     }
@@ -771,19 +792,15 @@ async fn dead_letter(
     let r = eval_retrying(
         s,
         redis::dead_letter_script(),
-        vec![
-            s.key(lane).to_owned(),
-            s.dlq_key.clone(),
-            s.retry_key(lane).to_owned(),
-        ],
-        vec![
-            Value::from(s.group()),
-            Value::from(id),
-            Value::from(&*s.consumer),
-            Value::from(reason),
-            Value::from(error),
-            Value::from(attempt as i64),
-        ],
+        s.entry_keys(lane),
+        s.entry_args(
+            id,
+            [
+                Value::from(reason),
+                Value::from(error),
+                Value::from(attempt as i64),
+            ],
+        ),
     )
     .await;
     let moved = matches!(r, Ok(Value::Integer(1)));
@@ -824,14 +841,14 @@ async fn schedule_retry(
         s,
         redis::retry_script(),
         vec![s.key(lane).to_owned(), s.retry_key(lane).to_owned()],
-        vec![
-            Value::from(s.group()),
-            Value::from(id),
-            Value::from(&*s.consumer),
-            Value::from(attempt as i64),
-            Value::from(delay.as_millis() as i64),
-            Value::from(error),
-        ],
+        s.entry_args(
+            id,
+            [
+                Value::from(attempt as i64),
+                Value::from(delay.as_millis() as i64),
+                Value::from(error),
+            ],
+        ),
     )
     .await;
     match r {
@@ -897,17 +914,8 @@ async fn take(s: &Arc<Shared>, lane: Lane, id: &str, isolate: bool) {
     let r = eval_retrying(
         s,
         redis::take_script(),
-        vec![
-            s.key(lane).to_owned(),
-            s.dlq_key.clone(),
-            s.retry_key(lane).to_owned(),
-        ],
-        vec![
-            Value::from(s.group()),
-            Value::from(id),
-            Value::from(&*s.consumer),
-            Value::from(i64::from(s.opts.get_max_attempts())),
-        ],
+        s.entry_keys(lane),
+        s.entry_args(id, [Value::from(i64::from(s.opts.get_max_attempts()))]),
     )
     .await;
     let parts = match r {
