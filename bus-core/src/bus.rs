@@ -87,6 +87,7 @@ pub struct PublishOptions {
     headers: Vec<(String, String)>,
     dedup: Option<(String, Duration)>,
     priority: crate::names::Priority,
+    replicas: Option<(u32, Duration)>,
 }
 
 impl PublishOptions {
@@ -125,6 +126,18 @@ impl PublishOptions {
     #[must_use]
     pub fn priority(mut self, priority: crate::names::Priority) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// Waits until at least `replicas` replicas have the event (`WAIT` on the publishing
+    /// connection, in the same pipeline as the `XADD`), for at most `timeout`. With async
+    /// replication, an acknowledged write can otherwise be lost in a failover. When fewer replicas
+    /// confirm in time, the publish fails with [`Error::NotReplicated`] — the event *is* stored on
+    /// the primary. `WAIT` holds the bus connection meanwhile: give such publishes a `Bus` of
+    /// their own if other traffic shares it.
+    #[must_use]
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicas = Some((replicas, timeout));
         self
     }
 
@@ -455,6 +468,9 @@ impl Bus {
             return self.publish_dedup::<E>(p, key, *window).await;
         }
         let p = self.prepare(event, &opts)?;
+        if let Some((replicas, timeout)) = opts.replicas {
+            return self.publish_replicated::<E>(p, replicas, timeout).await;
+        }
         let span = tracing::debug_span!("publish", stream = E::STREAM, event_id = %p.event_id);
         let _enter = span.enter();
         let entry_id: String = self
@@ -463,6 +479,37 @@ impl Bus {
             .xadd(p.key.as_str(), false, None, "*", p.fields)
             .await?;
         crate::metrics::published(E::STREAM, 1);
+        Ok(Published {
+            event_id: p.event_id,
+            entry_id,
+            duplicate: false,
+        })
+    }
+
+    async fn publish_replicated<E: Event>(
+        &self,
+        p: Prepared,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<Published> {
+        // One pipeline on the client's one connection: WAIT counts this connection's writes.
+        let pipeline = self.inner.client.pipeline();
+        let () = pipeline
+            .xadd(p.key.as_str(), false, None, "*", p.fields)
+            .await?;
+        let () = pipeline
+            .wait(i64::from(replicas), timeout.as_millis().max(1) as i64)
+            .await?;
+        let (entry_id, acked): (String, i64) = pipeline.all().await?;
+        crate::metrics::published(E::STREAM, 1);
+        if acked < i64::from(replicas) {
+            return Err(Error::NotReplicated {
+                event_id: p.event_id,
+                entry_id,
+                acked: acked.max(0) as u32,
+                wanted: replicas,
+            });
+        }
         Ok(Published {
             event_id: p.event_id,
             entry_id,

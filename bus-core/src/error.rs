@@ -78,6 +78,19 @@ pub enum Error {
         /// Its last error.
         error: String,
     },
+    /// A publish with [`wait_for_replicas`](crate::PublishOptions::wait_for_replicas) was stored
+    /// on the primary, but fewer replicas than asked confirmed it in time.
+    #[error("event {event_id} (entry {entry_id}) reached {acked} of {wanted} replicas in time")]
+    NotReplicated {
+        /// The event id.
+        event_id: String,
+        /// The entry id on the primary.
+        entry_id: String,
+        /// Replicas that confirmed.
+        acked: u32,
+        /// Replicas asked for.
+        wanted: u32,
+    },
     /// A Redis command failed (connection lost, timeout, server error).
     #[error("redis error: {0}")]
     Redis(RedisError),

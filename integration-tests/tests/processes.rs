@@ -370,3 +370,49 @@ async fn a_redis_stall_longer_than_the_visibility_timeout_loses_nothing_and_dupl
         "{dups} duplicates after a stall; at most the 8 in flight"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_can_wait_for_replicas() {
+    let Some(primary) = own_redis() else { return };
+    let replica = RedisServer::builder()
+        .arg("--replicaof")
+        .arg("127.0.0.1")
+        .arg(primary.port().to_string())
+        .start()
+        .expect("replica");
+    let bus = connect(&primary.url(), "wait").await;
+    let deadline = Instant::now() + T;
+    loop {
+        let info: String = bus
+            .redis()
+            .info(Some(fred::types::InfoKind::Replication))
+            .await
+            .expect("INFO");
+        if info.contains("connected_slaves:1") && info.contains("state=online") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never came online: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let opts = bus_core::PublishOptions::new().wait_for_replicas(1, Duration::from_secs(5));
+    let ok = bus
+        .publish_with(&Task::new(1), opts)
+        .await
+        .expect("replicated publish");
+    assert!(!ok.entry_id.is_empty());
+    // A stalled replica cannot confirm: the publish says so (the event is on the primary).
+    replica.pause().expect("SIGSTOP replica");
+    let opts = bus_core::PublishOptions::new().wait_for_replicas(1, Duration::from_millis(300));
+    let r = bus.publish_with(&Task::new(2), opts).await;
+    replica.resume().expect("SIGCONT replica");
+    match r {
+        Err(Error::NotReplicated { acked, wanted, .. }) => assert_eq!((acked, wanted), (0, 1)),
+        other => panic!("expected NotReplicated, got {other:?}"),
+    }
+    let key = bus.stream_key("tasks").expect("key");
+    let len: u64 = bus.redis().xlen(key.as_str()).await.expect("XLEN");
+    assert_eq!(len, 2);
+}
