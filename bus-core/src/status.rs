@@ -268,7 +268,17 @@ impl Bus {
     /// Every tracked group's status for an event of type `E` (empty when nothing was recorded, or
     /// the record expired).
     pub async fn status<E: Event>(&self, event_id: &str) -> Result<HashMap<String, GroupStatus>> {
-        let key = status_key(self, E::STREAM, event_id);
+        self.event_status(E::STREAM, event_id).await
+    }
+
+    /// Every tracked group's status for an event on `stream`, by stream name (for tools).
+    pub async fn event_status(
+        &self,
+        stream: &str,
+        event_id: &str,
+    ) -> Result<HashMap<String, GroupStatus>> {
+        crate::names::validate_name("stream", stream)?;
+        let key = status_key(self, stream, event_id);
         let fields: HashMap<String, Value> = self.inner.client.hgetall(key.as_str()).await?;
         Ok(parse_status(fields))
     }

@@ -1,0 +1,277 @@
+//! `streambus`: the operator CLI. Inspect streams and groups, list/replay/purge dead letters,
+//! read an event's status, trim a stream safely.
+//!
+//! ```text
+//! streambus [--url redis://127.0.0.1:6379] [--prefix bus] [--json] <command>
+//!   streams                                   list streams
+//!   info <stream>                             lanes, delayed events, groups (pending, lag, consumers, dead letters)
+//!   dlq list <stream> <group> [--limit N]     dead letters, oldest first
+//!   dlq replay <stream> <group> (--all | ID…) send back to that group only (attempts reset)
+//!   dlq purge <stream> <group> (--all | ID…)  delete dead letters
+//!   status <stream> <event-id>                per-group status of an event (groups that track status)
+//!   trim <stream> [--min-age-secs S] [--min-count N]   safe trim now
+//! ```
+//! `REDIS_URL` and `STREAMBUS_PREFIX` set the defaults of `--url` and `--prefix`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bus_core::{Bus, Retention};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "streambus", version, about = "Operate a Streambus deployment")]
+struct Cli {
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    url: String,
+    /// Key prefix of the bus.
+    #[arg(long, env = "STREAMBUS_PREFIX", default_value = "bus")]
+    prefix: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the streams under the prefix.
+    Streams,
+    /// Lanes, delayed events and groups of a stream.
+    Info { stream: String },
+    /// Dead letters of a group.
+    Dlq {
+        #[command(subcommand)]
+        action: Dlq,
+    },
+    /// Per-group status of an event (for groups that track status).
+    Status { stream: String, event_id: String },
+    /// Trim a stream now: only entries every group has delivered and acknowledged.
+    Trim {
+        stream: String,
+        /// Keep entries younger than this.
+        #[arg(long, default_value_t = 0)]
+        min_age_secs: u64,
+        /// Keep at least this many newest entries.
+        #[arg(long, default_value_t = 0)]
+        min_count: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Dlq {
+    /// List dead letters, oldest first.
+    List {
+        stream: String,
+        group: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Send dead letters back to their group only (attempts start again).
+    Replay {
+        stream: String,
+        group: String,
+        /// Every dead letter of the group.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// Dead-letter ids (the `id` column of `dlq list`).
+        ids: Vec<String>,
+    },
+    /// Delete dead letters.
+    Purge {
+        stream: String,
+        group: String,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        ids: Vec<String>,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("streambus: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run(cli: Cli) -> Result<(), BoxError> {
+    let bus = Bus::builder()
+        .prefix(cli.prefix.clone())
+        .connect_timeout(Duration::from_secs(3))
+        .connect(&cli.url)
+        .await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Streams => {
+            let streams = bus.streams().await?;
+            if json {
+                println!("{}", serde_json::json!(streams));
+            } else {
+                for s in streams {
+                    println!("{s}");
+                }
+            }
+        }
+        Command::Info { stream } => {
+            let info = bus.inspect(&stream).await?;
+            if json {
+                let groups: Vec<_> = info
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        serde_json::json!({"group": g.name, "pending": g.pending, "lag": g.lag,
+                            "consumers": g.consumers, "dead_letters": g.dead_letters})
+                    })
+                    .collect();
+                let lanes: serde_json::Map<String, serde_json::Value> = info
+                    .lane_lengths
+                    .iter()
+                    .map(|(p, n)| (format!("{p:?}").to_lowercase(), serde_json::json!(n)))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"stream": info.stream, "lanes": lanes, "delayed": info.delayed, "groups": groups})
+                );
+            } else {
+                println!("stream {}", info.stream);
+                for (p, n) in &info.lane_lengths {
+                    println!("  lane {:<7} {n} entries", format!("{p:?}").to_lowercase());
+                }
+                println!("  delayed      {}", info.delayed);
+                println!(
+                    "  {:<24} {:>8} {:>8} {:>10} {:>12}",
+                    "group", "pending", "lag", "consumers", "dead letters"
+                );
+                for g in &info.groups {
+                    let lag = g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string());
+                    println!(
+                        "  {:<24} {:>8} {:>8} {:>10} {:>12}",
+                        g.name, g.pending, lag, g.consumers, g.dead_letters
+                    );
+                }
+            }
+        }
+        Command::Dlq { action } => match action {
+            Dlq::List {
+                stream,
+                group,
+                limit,
+            } => {
+                let list = bus.dead_letters(&stream, &group)?.list(limit).await?;
+                if json {
+                    let rows: Vec<_> = list
+                        .iter()
+                        .map(|d| {
+                            serde_json::json!({"id": d.id, "entry_id": d.entry_id, "event_id": d.event_id,
+                                "event_type": d.event_type, "attempts": d.attempts, "reason": d.reason,
+                                "error": d.error, "failed_at_ms": d.failed_at_ms, "consumer": d.consumer})
+                        })
+                        .collect();
+                    println!("{}", serde_json::json!(rows));
+                } else {
+                    for d in list {
+                        println!(
+                            "{}  entry {}  event {}  {}  attempts {}  {}: {}",
+                            d.id,
+                            d.entry_id,
+                            d.event_id.as_deref().unwrap_or("-"),
+                            d.event_type.as_deref().unwrap_or("-"),
+                            d.attempts,
+                            d.reason,
+                            d.error
+                        );
+                    }
+                }
+            }
+            Dlq::Replay {
+                stream,
+                group,
+                all,
+                ids,
+            } => {
+                let dlq = bus.dead_letters(&stream, &group)?;
+                let n = if all {
+                    dlq.replay_all().await?
+                } else if ids.is_empty() {
+                    return Err("give dead-letter ids or --all".into());
+                } else {
+                    dlq.replay(&ids).await?
+                };
+                println!("replayed {n} to group {group}");
+            }
+            Dlq::Purge {
+                stream,
+                group,
+                all,
+                ids,
+            } => {
+                let dlq = bus.dead_letters(&stream, &group)?;
+                let n = if all {
+                    dlq.purge_all().await?
+                } else if ids.is_empty() {
+                    return Err("give dead-letter ids or --all".into());
+                } else {
+                    dlq.purge(&ids).await?
+                };
+                println!("purged {n}");
+            }
+        },
+        Command::Status { stream, event_id } => {
+            let status = bus.event_status(&stream, &event_id).await?;
+            let mut groups: Vec<_> = status.into_iter().collect();
+            groups.sort_by(|a, b| a.0.cmp(&b.0));
+            if json {
+                let rows: Vec<_> = groups
+                    .iter()
+                    .map(|(g, s)| {
+                        serde_json::json!({"group": g, "state": format!("{:?}", s.state).to_lowercase(),
+                            "attempts": s.attempts, "error": s.error, "updated_at_ms": s.updated_at_ms})
+                    })
+                    .collect();
+                println!("{}", serde_json::json!(rows));
+            } else if groups.is_empty() {
+                println!(
+                    "no status recorded for {event_id} (not tracked, not started, or expired)"
+                );
+            } else {
+                for (g, s) in groups {
+                    println!(
+                        "{g}: {:?} after {} attempt(s){}",
+                        s.state,
+                        s.attempts,
+                        s.error
+                            .map(|e| format!(", last error: {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Trim {
+            stream,
+            min_age_secs,
+            min_count,
+        } => {
+            let removed = bus
+                .trim(
+                    &stream,
+                    Retention {
+                        min_age: Duration::from_secs(min_age_secs),
+                        min_count,
+                    },
+                )
+                .await?;
+            println!("removed {removed} entries");
+        }
+    }
+    bus.close().await;
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! The `streambus` binary against a real Redis.
+
+use std::process::Command;
+
+use bus_core::{Event, HandlerError, SubscriberOptions};
+use integration_tests::{eventually, TestEnv};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(stream = "orders")]
+struct Order {
+    n: u64,
+}
+
+fn cli(env: &TestEnv, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args(["--url", &env.url, "--prefix", &env.prefix])
+        .args(args)
+        .output()
+        .expect("run streambus");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_inspect_and_repair_dead_letters() {
+    let env = TestEnv::new("cli").await;
+    let w = env
+        .bus
+        .worker()
+        .subscribe(bus_core::subscriber_fn(
+            SubscriberOptions::new("billing"),
+            |o: Order, _| async move {
+                if o.n < 3 {
+                    Err(HandlerError::reject("card declined"))
+                } else {
+                    Ok(())
+                }
+            },
+        ))
+        .start()
+        .await
+        .expect("start");
+    for n in 0..5 {
+        env.bus.publish(&Order { n }).await.expect("publish");
+    }
+    let dlq = env.bus.dead_letters("orders", "billing").expect("dlq");
+    eventually(
+        std::time::Duration::from_secs(30),
+        "3 dead letters",
+        || async { dlq.count().await.expect("count") == 3 },
+    )
+    .await;
+    w.shutdown().await.expect("shutdown");
+
+    let (ok, out) = cli(&env, &["streams"]);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "orders");
+
+    let (ok, out) = cli(&env, &["--json", "info", "orders"]);
+    assert!(ok, "{out}");
+    let info: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(info["lanes"]["normal"], 5);
+    assert_eq!(info["groups"][0]["group"], "billing");
+    assert_eq!(info["groups"][0]["dead_letters"], 3);
+    assert_eq!(info["groups"][0]["pending"], 0);
+
+    let (ok, out) = cli(&env, &["--json", "dlq", "list", "orders", "billing"]);
+    assert!(ok, "{out}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(rows.len(), 3);
+    assert!(rows
+        .iter()
+        .all(|r| r["reason"] == "rejected" && r["error"] == "card declined"));
+    let first = rows[0]["id"].as_str().expect("id").to_owned();
+
+    let (ok, out) = cli(&env, &["dlq", "purge", "orders", "billing", &first]);
+    assert!(ok && out.contains("purged 1"), "{out}");
+    let (ok, out) = cli(&env, &["dlq", "replay", "orders", "billing", "--all"]);
+    assert!(ok && out.contains("replayed 2"), "{out}");
+    assert_eq!(dlq.count().await.expect("count"), 0);
+    let (ok, out) = cli(&env, &["trim", "orders"]);
+    assert!(ok && out.contains("removed"), "{out}");
+    // Bad input is a clear error, not a panic.
+    let (ok, out) = cli(&env, &["dlq", "replay", "orders", "billing"]);
+    assert!(!ok && out.contains("--all"), "{out}");
+    let (ok, out) = cli(&env, &["info", "bad stream"]);
+    assert!(!ok && out.contains("invalid stream name"), "{out}");
+}

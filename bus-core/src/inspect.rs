@@ -1,0 +1,141 @@
+//! Read-only inspection for operators (the `streambus` CLI uses it): streams, lanes, groups, lag,
+//! pending, dead letters, delayed events.
+
+use std::collections::HashMap;
+
+use fred::prelude::*;
+use fred::types::{CustomCommand, Value};
+
+use crate::bus::Bus;
+use crate::error::Result;
+use crate::names::{validate_name, Priority};
+use crate::redis::value_string;
+
+/// One consumer group of a stream, summed over the priority lanes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupInfo {
+    /// The group.
+    pub name: String,
+    /// Delivered, not yet acknowledged.
+    pub pending: u64,
+    /// Not yet delivered (Redis 7 `lag`; `None` when Redis cannot tell, e.g. after trimming).
+    pub lag: Option<u64>,
+    /// Consumers (worker processes) in the group.
+    pub consumers: u64,
+    /// Entries in the group's dead-letter stream.
+    pub dead_letters: u64,
+}
+
+/// A stream's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamInfo {
+    /// The stream.
+    pub stream: String,
+    /// Entries per priority lane (high, normal, low).
+    pub lane_lengths: Vec<(Priority, u64)>,
+    /// Events waiting in the delayed set.
+    pub delayed: u64,
+    /// Its consumer groups.
+    pub groups: Vec<GroupInfo>,
+}
+
+fn field(map: &HashMap<String, Value>, name: &str) -> Option<u64> {
+    map.get(name).and_then(Value::as_u64)
+}
+
+impl Bus {
+    /// The streams under this bus's prefix (by their normal-lane key).
+    pub async fn streams(&self) -> Result<Vec<String>> {
+        let pattern = format!("{}:{{*}}:stream", self.prefix());
+        let mut cursor = "0".to_owned();
+        let mut out = Vec::new();
+        loop {
+            let reply: Value = self
+                .inner
+                .client
+                .custom(
+                    CustomCommand::new_static("SCAN", None, false),
+                    vec![
+                        cursor.clone(),
+                        "MATCH".into(),
+                        pattern.clone(),
+                        "COUNT".into(),
+                        "1000".into(),
+                    ],
+                )
+                .await?;
+            let (next, keys): (String, Vec<String>) = reply.convert()?;
+            for k in keys {
+                let inner = k
+                    .strip_prefix(&format!("{}:{{", self.prefix()))
+                    .and_then(|r| r.strip_suffix("}:stream"));
+                if let Some(name) = inner {
+                    out.push(name.to_owned());
+                }
+            }
+            if next == "0" {
+                out.sort();
+                out.dedup();
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Lanes, groups, pending, lag, dead letters and delayed events of one stream.
+    pub async fn inspect(&self, stream: &str) -> Result<StreamInfo> {
+        validate_name("stream", stream)?;
+        let keys = self.keys(stream);
+        let c = &self.inner.client;
+        let mut lane_lengths = Vec::new();
+        let mut groups: Vec<GroupInfo> = Vec::new();
+        for p in Priority::ALL {
+            let key = keys.lane(p);
+            let len: u64 = c.xlen(key.as_str()).await?;
+            lane_lengths.push((p, len));
+            let infos: Vec<HashMap<String, Value>> = match c.xinfo_groups(key.as_str()).await {
+                Ok(v) => v,
+                Err(e) if e.details().contains("no such key") => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            for g in infos {
+                let Some(name) = g.get("name").cloned().and_then(value_string) else {
+                    continue;
+                };
+                let pending = field(&g, "pending").unwrap_or(0);
+                let lag = field(&g, "lag");
+                let consumers = field(&g, "consumers").unwrap_or(0);
+                match groups.iter_mut().find(|x| x.name == name) {
+                    Some(x) => {
+                        x.pending += pending;
+                        x.lag = match (x.lag, lag) {
+                            (Some(a), Some(b)) => Some(a + b),
+                            _ => None,
+                        };
+                        x.consumers = x.consumers.max(consumers);
+                    }
+                    None => groups.push(GroupInfo {
+                        name,
+                        pending,
+                        lag,
+                        consumers,
+                        dead_letters: 0,
+                    }),
+                }
+            }
+        }
+        for g in &mut groups {
+            g.dead_letters = c.xlen(keys.dead_letter(&g.name)).await?;
+        }
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        let delayed = c.zcard(keys.delayed()).await?;
+        Ok(StreamInfo {
+            stream: stream.to_owned(),
+            lane_lengths,
+            delayed,
+            groups,
+        })
+    }
+}
