@@ -78,29 +78,43 @@ pub struct WorkerProc {
     pub consumer: String,
 }
 
-/// Path of the test worker binary: next to the current test or binary executable.
-pub fn test_worker_bin() -> PathBuf {
+/// The command that starts a test worker: the `test_worker` binary (tests get its path from
+/// cargo; next to the current executable otherwise), or else the current executable with a
+/// `worker` first argument (the chaos binary always runs its workers that way).
+pub fn test_worker_command() -> Command {
     if let Some(p) = option_env!("CARGO_BIN_EXE_test_worker") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    for d in [
-        dir.clone(),
-        dir.parent().map(Path::to_path_buf).unwrap_or_default(),
-    ] {
-        let p = d.join("test_worker");
-        if p.exists() {
-            return p;
+        if Path::new(p).exists() {
+            return Command::new(p);
         }
     }
-    PathBuf::from("test_worker")
+    let exe = std::env::current_exe().unwrap_or_default();
+    let is_chaos = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("chaos"));
+    if is_chaos {
+        // Never a stale sibling binary: the chaos suite runs its workers as itself.
+        let mut cmd = Command::new(exe);
+        cmd.arg("worker");
+        return cmd;
+    }
+    if let Some(dir) = exe.parent() {
+        for d in [Some(dir), dir.parent()].into_iter().flatten() {
+            let p = d.join("test_worker");
+            if p.exists() {
+                return Command::new(p);
+            }
+        }
+    }
+    let mut cmd = Command::new(exe);
+    cmd.arg("worker");
+    cmd
 }
 
 impl WorkerProc {
     /// Starts a worker and waits until it reports `ready` (its groups exist, it reads).
     pub fn spawn(args: &WorkerArgs) -> std::io::Result<WorkerProc> {
-        let mut cmd = Command::new(test_worker_bin());
+        let mut cmd = test_worker_command();
         cmd.arg("--url")
             .arg(&args.url)
             .arg("--prefix")

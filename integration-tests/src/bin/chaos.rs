@@ -114,6 +114,11 @@ async fn pending(bus: &Bus) -> Option<u64> {
 
 #[tokio::main]
 async fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("worker") {
+        // The chaos suite's worker processes are this binary too.
+        std::process::exit(integration_tests::worker::worker_main(argv[1..].to_vec()).await);
+    }
     let events: u64 = arg("--events", 3000);
     let workers: usize = arg("--workers", 4);
     let duration = Duration::from_secs(arg("--duration-secs", 60));
