@@ -61,7 +61,7 @@
 //! ## Feature flags
 //!
 //! - `macros` (default): `#[subscriber]` and `#[derive(Event)]`.
-//! - `test-util`: [`testing`] — throwaway `redis-server` processes and key clean-up.
+//! - `test-util`: the `testing` module — throwaway `redis-server` processes and key clean-up.
 //!
 //! ## Supported Rust versions
 //!

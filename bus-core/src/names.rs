@@ -8,9 +8,9 @@
 //! | `<prefix>:{<stream>}:stream` | stream | the events (normal priority) |
 //! | `<prefix>:{<stream>}:stream:high`, `…:stream:low` | stream | the high and low priority lanes |
 //! | `<prefix>:{<stream>}:dlq:<group>` | stream | the group's dead letters |
-//! | `<prefix>:{<stream>}:retry:<group>[:high|:low]` | hash | entry id → `due ms|last error` for entries waiting for a retry, per lane |
+//! | `<prefix>:{<stream>}:retry:<group>` (`…:high`, `…:low` per lane) | hash | entry id → due time and last error, for entries waiting for a retry |
 //! | `<prefix>:{<stream>}:delayed` | sorted set | delayed publishes, scored by due time (Redis clock) |
-//! | `<prefix>:{<stream>}:dedup:<key>` | string | de-duplicated publish: `event id|entry id`, TTL = window |
+//! | `<prefix>:{<stream>}:dedup:<key>` | string | de-duplicated publish: event id and entry id, TTL = window |
 //! | `<prefix>:{<stream>}:status:<event id>` | hash | per-event, per-group status and result, with a TTL |
 
 use crate::error::{Error, Result};

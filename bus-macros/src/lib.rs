@@ -10,9 +10,9 @@ use proc_macro::TokenStream;
 
 /// Declares a subscriber: an `async fn` handling one event type for one consumer group.
 ///
-/// ```ignore
+/// ```text
 /// #[subscriber(group = "billing", concurrency = 16, max_attempts = 5, visibility_timeout = "30s")]
-/// async fn charge(order: OrderPlaced, ctx: &Context) -> Result<(), HandlerError> { … }
+/// async fn charge(order: OrderPlaced, ctx: &Context) -> Result<(), HandlerError> { Ok(()) }
 /// ```
 ///
 /// Options: `group` (required), `concurrency`, `max_attempts`, and the durations
