@@ -521,3 +521,60 @@ async fn entries_deleted_while_pending_are_acknowledged_away() {
     .await;
     w.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_behind_a_hung_handler_for_read_ahead_entries() {
+    let env = TestEnv::new("hungread").await;
+    let st = starts();
+    let s2 = st.clone();
+    for n in 0..3 {
+        env.bus.publish(&Job { n }).await.expect("publish");
+    }
+    let w = env
+        .bus
+        .worker()
+        .shutdown_grace(Duration::from_millis(200))
+        .subscribe(subscriber_fn(
+            SubscriberOptions::new("g").concurrency(1).prefetch(5),
+            move |_j: Job, ctx| {
+                let s2 = s2.clone();
+                async move {
+                    s2.lock()
+                        .expect("lock")
+                        .push((ctx.attempt(), Instant::now()));
+                    std::future::pending::<()>().await;
+                }
+            },
+        ))
+        .start()
+        .await
+        .expect("start");
+    eventually(T, "the first handler to hang", || async {
+        !attempts_of(&st).is_empty()
+    })
+    .await;
+    // Read ahead: all three were delivered to this consumer, one runs (forever).
+    eventually(T, "three delivered", || async {
+        pending(&env.bus, "g").await == 3
+    })
+    .await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), w.shutdown())
+        .await
+        .expect("shutdown must not hang")
+        .expect("shutdown");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Nothing lost: all three stay pending, released for immediate reclaim.
+    let key = env.bus.stream_key("jobs").expect("key");
+    let rows: Vec<(String, String, u64, u64)> = env
+        .bus
+        .redis()
+        .xpending(key.as_str(), "g", ("-", "+", 10))
+        .await
+        .expect("XPENDING");
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter().all(|r| r.2 > 1_000_000_000),
+        "not all released: {rows:?}"
+    );
+}

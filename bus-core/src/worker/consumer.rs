@@ -389,8 +389,11 @@ impl Runtime {
                         s.hold(*lane, &entry.id, Held::Claimed);
                     }
                     for (lane, entry) in entries {
-                        let Ok(permit) = s.sem.clone().acquire_owned().await else {
-                            break;
+                        // Shutdown must not wait for a slot behind a hung handler: entries not
+                        // started stay held and are released for immediate reclaim.
+                        let permit = tokio::select! {
+                            p = s.sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                            _ = stop.wait_for(|stopped| *stopped) => break,
                         };
                         // A fresh delivery through `>` is always attempt 1.
                         spawn_run(s, lane, entry, 1, permit);
