@@ -146,8 +146,8 @@ async fn competing_movers_that_get_killed_move_every_delayed_event_exactly_once_
             "task {} moved at {at}, before its due time {d}",
             t.n
         );
-        // Within the mover interval (100 ms), with slack for scheduling on a busy 2-core box.
-        if at > d + 100 + 400 {
+        // Within the mover interval (100 ms), with 700 ms slack for scheduling on a busy 2-core box.
+        if at > d + 100 + 700 {
             late.push((t.n, at - d));
         }
     }

@@ -109,7 +109,7 @@ async fn retry_after_longer_than_the_visibility_timeout_is_honoured_by_the_whole
     let mut workers = Vec::new();
     for _ in 0..2 {
         let s2 = st.clone();
-        let opts = SubscriberOptions::new("g").visibility_timeout(Duration::from_millis(300));
+        let opts = SubscriberOptions::new("g").visibility_timeout(Duration::from_millis(600));
         let bus = env.another_bus().await;
         workers.push(
             bus.worker()
@@ -121,7 +121,7 @@ async fn retry_after_longer_than_the_visibility_timeout_is_honoured_by_the_whole
                             .push((ctx.attempt(), Instant::now()));
                         if ctx.attempt() == 1 {
                             Err(HandlerError::retry_after(
-                                Duration::from_millis(1500),
+                                Duration::from_millis(2500),
                                 "later",
                             ))
                         } else {
@@ -140,7 +140,7 @@ async fn retry_after_longer_than_the_visibility_timeout_is_honoured_by_the_whole
     })
     .await;
     eventually(T, "the ack", || async { pending(&env.bus, "g").await == 0 }).await;
-    // Five visibility timeouts pass during the wait; the lease keeps other scanners away.
+    // Four visibility timeouts pass during the wait; the lease keeps other scanners away.
     tokio::time::sleep(Duration::from_millis(600)).await;
     for w in workers {
         w.shutdown().await.expect("shutdown");
@@ -153,10 +153,10 @@ async fn retry_after_longer_than_the_visibility_timeout_is_honoured_by_the_whole
     );
     let gap = s[1].1 - s[0].1;
     assert!(
-        gap >= Duration::from_millis(1450),
-        "retried after {gap:?}, asked for 1.5s"
+        gap >= Duration::from_millis(2450),
+        "retried after {gap:?}, asked for 2.5s"
     );
-    assert!(gap < Duration::from_millis(3000), "retried after {gap:?}");
+    assert!(gap < Duration::from_millis(4500), "retried after {gap:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +210,7 @@ async fn a_slow_handler_with_a_live_lease_runs_once() {
     let mut workers = Vec::new();
     for _ in 0..2 {
         let s2 = st.clone();
-        let opts = SubscriberOptions::new("g").visibility_timeout(Duration::from_millis(300));
+        let opts = SubscriberOptions::new("g").visibility_timeout(Duration::from_millis(600));
         let bus = env.another_bus().await;
         workers.push(
             bus.worker()
@@ -220,7 +220,7 @@ async fn a_slow_handler_with_a_live_lease_runs_once() {
                         s2.lock()
                             .expect("lock")
                             .push((ctx.attempt(), Instant::now()));
-                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        tokio::time::sleep(Duration::from_millis(2500)).await;
                         Ok::<_, HandlerError>(())
                     }
                 }))
@@ -240,7 +240,7 @@ async fn a_slow_handler_with_a_live_lease_runs_once() {
     assert_eq!(
         attempts_of(&st),
         vec![1],
-        "a live handler 5x slower than the timeout ran twice"
+        "a live handler 4x slower than the timeout ran twice"
     );
 }
 
