@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use fred::types::Value;
 use futures::FutureExt;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::Instrument;
 
@@ -56,6 +56,23 @@ struct LaneKeys {
     retry_key: String,
 }
 
+/// One delivery for a handler task.
+struct Job {
+    lane: Lane,
+    entry: RawEntry,
+    attempt: u32,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Long-lived handler tasks, one per concurrency slot: a delivery is sent to an idle one instead
+/// of spawning a task per entry (no task allocation per event). A task puts itself back on the
+/// idle list before it releases its slot, so whoever holds a slot finds an idle task.
+struct Pool {
+    idle: Mutex<Vec<usize>>,
+    senders: Vec<mpsc::UnboundedSender<Job>>,
+    tasks: Vec<AbortHandle>,
+}
+
 /// State shared by the tasks of one subscriber.
 pub(crate) struct Shared {
     sub: Arc<dyn Erased>,
@@ -74,6 +91,8 @@ pub(crate) struct Shared {
     tokens: std::sync::atomic::AtomicU64,
     /// Stream, group and consumer names shared by every delivery's context.
     names: ContextNames,
+    /// Handler tasks (started by [`Runtime::run`]).
+    pool: std::sync::OnceLock<Pool>,
     stop: watch::Receiver<bool>,
     metrics: SubscriberMetrics,
 }
@@ -287,6 +306,7 @@ impl Runtime {
                 held: Mutex::new((0..Priority::ALL.len()).map(|_| HashMap::new()).collect()),
                 tokens: std::sync::atomic::AtomicU64::new(0),
                 names,
+                pool: std::sync::OnceLock::new(),
                 metrics,
                 stop,
             }),
@@ -330,6 +350,7 @@ impl Runtime {
             consumer = %s.consumer
         );
         async move {
+            start_pool(&s);
             if !self.own_pending.is_empty() {
                 // A restarted consumer with a reused name takes over what it owned before, at
                 // once and through the attempt check.
@@ -536,6 +557,11 @@ impl Runtime {
             for a in running {
                 a.abort();
             }
+            if let Some(pool) = s.pool.get() {
+                for t in &pool.tasks {
+                    t.abort();
+                }
+            }
             let _ = tokio::time::timeout(Duration::from_secs(5), s.sem.acquire_many(all)).await;
         }
         let _ = heartbeat_stop.send(true);
@@ -558,6 +584,11 @@ impl Runtime {
             }
             delete_consumer_if_idle(s, lane, &s.consumer, 0).await;
         }
+        if let Some(pool) = s.pool.get() {
+            for t in &pool.tasks {
+                t.abort();
+            }
+        }
         let _ = self.reader.quit().await;
     }
 }
@@ -570,7 +601,39 @@ async fn pause(stop: &mut watch::Receiver<bool>, backoff: &mut Duration) {
     *backoff = (*backoff * 2).min(Duration::from_secs(5));
 }
 
-/// Runs one delivery in its own task, holding one concurrency slot.
+/// Starts the handler tasks.
+fn start_pool(s: &Arc<Shared>) {
+    let n = s.opts.get_concurrency();
+    let mut senders = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let shared = s.clone();
+        let task = tokio::spawn(
+            async move {
+                while let Some(job) = rx.recv().await {
+                    process(&shared, job.lane, job.entry, job.attempt).await;
+                    if let Some(pool) = shared.pool.get() {
+                        if let Ok(mut idle) = pool.idle.lock() {
+                            idle.push(i);
+                        }
+                    }
+                    drop(job.permit);
+                }
+            }
+            .in_current_span(),
+        );
+        senders.push(tx);
+        tasks.push(task.abort_handle());
+    }
+    let _ = s.pool.set(Pool {
+        idle: Mutex::new((0..n).rev().collect()),
+        senders,
+        tasks,
+    });
+}
+
+/// Runs one delivery on an idle handler task, holding one concurrency slot.
 fn spawn_run(
     s: &Arc<Shared>,
     lane: Lane,
@@ -581,6 +644,37 @@ fn spawn_run(
     let id = entry.id.clone();
     let token = s.token();
     s.hold(lane, &id, Held::Running(token, None));
+    let job = Job {
+        lane,
+        entry,
+        attempt,
+        permit,
+    };
+    let job = match s.pool.get() {
+        Some(pool) => {
+            let idle = pool.idle.lock().ok().and_then(|mut i| i.pop());
+            match idle.and_then(|i| pool.senders.get(i).map(|tx| (i, tx))) {
+                Some((i, tx)) => match tx.send(job) {
+                    Ok(()) => return,
+                    Err(mpsc::error::SendError(job)) => {
+                        if let Ok(mut idle) = pool.idle.lock() {
+                            idle.push(i);
+                        }
+                        job
+                    }
+                },
+                None => job,
+            }
+        }
+        None => job,
+    };
+    // No idle handler task (cannot happen while slots and tasks match): run it on its own.
+    let Job {
+        lane,
+        entry,
+        attempt,
+        permit,
+    } = job;
     let shared = s.clone();
     let task = tokio::spawn(async move {
         process(&shared, lane, entry, attempt).await;
