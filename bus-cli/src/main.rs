@@ -103,6 +103,15 @@ async fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// `--all` (→ `None`) or the given dead-letter ids; neither is an error.
+fn selection(all: bool, ids: &[String]) -> Result<Option<&[String]>, BoxError> {
+    match (all, ids.is_empty()) {
+        (true, _) => Ok(None),
+        (false, false) => Ok(Some(ids)),
+        (false, true) => Err("give dead-letter ids or --all".into()),
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), BoxError> {
     let bus = Bus::builder()
         .prefix(cli.prefix.clone())
@@ -199,12 +208,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 ids,
             } => {
                 let dlq = bus.dead_letters(&stream, &group)?;
-                let n = if all {
-                    dlq.replay_all().await?
-                } else if ids.is_empty() {
-                    return Err("give dead-letter ids or --all".into());
-                } else {
-                    dlq.replay(&ids).await?
+                let n = match selection(all, &ids)? {
+                    None => dlq.replay_all().await?,
+                    Some(ids) => dlq.replay(ids).await?,
                 };
                 println!("replayed {n} to group {group}");
             }
@@ -215,12 +221,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 ids,
             } => {
                 let dlq = bus.dead_letters(&stream, &group)?;
-                let n = if all {
-                    dlq.purge_all().await?
-                } else if ids.is_empty() {
-                    return Err("give dead-letter ids or --all".into());
-                } else {
-                    dlq.purge(&ids).await?
+                let n = match selection(all, &ids)? {
+                    None => dlq.purge_all().await?,
+                    Some(ids) => dlq.purge(ids).await?,
                 };
                 println!("purged {n}");
             }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use fred::prelude::*;
-use fred::types::{CustomCommand, Value};
+use fred::types::Value;
 
 use crate::bus::Bus;
 use crate::error::Result;
@@ -48,40 +48,20 @@ fn field(map: &HashMap<String, Value>, name: &str) -> Option<u64> {
 impl Bus {
     /// The streams under this bus's prefix (by their normal-lane key).
     pub async fn streams(&self) -> Result<Vec<String>> {
-        let pattern = format!("{}:{{*}}:stream", self.prefix());
-        let mut cursor = "0".to_owned();
-        let mut out = Vec::new();
-        loop {
-            let reply: Value = self
-                .inner
-                .client
-                .custom(
-                    CustomCommand::new_static("SCAN", None, false),
-                    vec![
-                        cursor.clone(),
-                        "MATCH".into(),
-                        pattern.clone(),
-                        "COUNT".into(),
-                        "1000".into(),
-                    ],
-                )
-                .await?;
-            let (next, keys): (String, Vec<String>) = reply.convert()?;
-            for k in keys {
-                let inner = k
-                    .strip_prefix(&format!("{}:{{", self.prefix()))
-                    .and_then(|r| r.strip_suffix("}:stream"));
-                if let Some(name) = inner {
-                    out.push(name.to_owned());
-                }
-            }
-            if next == "0" {
-                out.sort();
-                out.dedup();
-                return Ok(out);
-            }
-            cursor = next;
-        }
+        let head = format!("{}:{{", self.prefix());
+        let keys =
+            crate::redis::scan_keys(&self.inner.client, &format!("{head}*}}:stream")).await?;
+        let mut out: Vec<String> = keys
+            .iter()
+            .filter_map(|k| {
+                k.strip_prefix(&head)
+                    .and_then(|r| r.strip_suffix("}:stream"))
+            })
+            .map(str::to_owned)
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     /// Lanes, groups, pending, lag, dead letters and delayed events of one stream.

@@ -130,6 +130,32 @@ pub(crate) fn parse_read_reply(v: Value) -> Vec<RawEntry> {
         .collect()
 }
 
+/// Every key matching a glob `pattern`, by a `SCAN` cursor loop (bounded work per call).
+pub(crate) async fn scan_keys(client: &Client, pattern: &str) -> Result<Vec<String>> {
+    let mut cursor = "0".to_owned();
+    let mut out = Vec::new();
+    loop {
+        let reply: Value = client
+            .custom(
+                fred::types::CustomCommand::new_static("SCAN", None, false),
+                vec![
+                    cursor,
+                    "MATCH".into(),
+                    pattern.to_owned(),
+                    "COUNT".into(),
+                    "1000".into(),
+                ],
+            )
+            .await?;
+        let (next, keys): (String, Vec<String>) = reply.convert()?;
+        out.extend(keys);
+        if next == "0" {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
 /// Creates a consumer group, accepting one that exists already.
 pub(crate) async fn ensure_group(
     client: &Client,

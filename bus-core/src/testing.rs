@@ -14,7 +14,6 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use fred::types::{CustomCommand, Value};
 
 use crate::bus::Bus;
 use crate::error::Result;
@@ -43,30 +42,8 @@ pub fn unique_prefix(label: &str) -> String {
 
 /// Every key under the bus's prefix.
 pub async fn keys_with_prefix(bus: &Bus) -> Result<Vec<String>> {
-    let client = bus.redis();
     let pattern = format!("{}:*", escape_glob(bus.prefix()));
-    let mut cursor = "0".to_owned();
-    let mut out = Vec::new();
-    loop {
-        let reply: Value = client
-            .custom(
-                CustomCommand::new_static("SCAN", None, false),
-                vec![
-                    cursor.clone(),
-                    "MATCH".into(),
-                    pattern.clone(),
-                    "COUNT".into(),
-                    "1000".into(),
-                ],
-            )
-            .await?;
-        let (next, keys): (String, Vec<String>) = reply.convert()?;
-        out.extend(keys);
-        if next == "0" {
-            return Ok(out);
-        }
-        cursor = next;
-    }
+    crate::redis::scan_keys(bus.redis(), &pattern).await
 }
 
 /// Deletes every key under the bus's prefix. Returns how many were deleted.

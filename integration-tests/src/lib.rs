@@ -238,6 +238,18 @@ impl Recorder {
     }
 }
 
+/// Entries of `stream` delivered to `group` and not yet acknowledged (normal lane), or `None`
+/// when Redis does not answer (or the group does not exist).
+pub async fn pending_count(bus: &Bus, stream: &str, group: &str) -> Option<u64> {
+    use fred::prelude::*;
+    let key = bus.stream_key(stream).ok()?;
+    let v: fred::types::Value = bus.redis().xpending(key.as_str(), group, ()).await.ok()?;
+    match v {
+        fred::types::Value::Array(a) => a.first().and_then(fred::types::Value::as_u64),
+        _ => None,
+    }
+}
+
 /// Polls an async condition (for state only Redis knows, like pending counts) until it holds.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
 where

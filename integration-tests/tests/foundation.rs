@@ -10,6 +10,12 @@ use bus_core::{subscriber_fn, Bus, Error, Event, HandlerError, SubscriberOptions
 use fred::prelude::*;
 use fred::types::Value;
 use integration_tests::{eventually, Recorder, RedisServer, TestEnv};
+
+async fn pending(bus: &Bus, stream: &str, group: &str) -> u64 {
+    integration_tests::pending_count(bus, stream, group)
+        .await
+        .expect("XPENDING")
+}
 use serde::{Deserialize, Serialize};
 
 const T: Duration = Duration::from_secs(30);
@@ -36,19 +42,6 @@ async fn publish_orders(bus: &Bus, range: std::ops::Range<u64>) {
     let events: Vec<OrderPlaced> = range.map(|n| OrderPlaced { n }).collect();
     for chunk in events.chunks(200) {
         bus.publish_batch(chunk).await.expect("publish");
-    }
-}
-
-async fn pending(bus: &Bus, stream: &str, group: &str) -> u64 {
-    let key = bus.stream_key(stream).expect("key");
-    let v: Value = bus
-        .redis()
-        .xpending(key.as_str(), group, ())
-        .await
-        .expect("XPENDING");
-    match v {
-        Value::Array(a) => a.first().and_then(Value::as_u64).unwrap_or(0),
-        _ => 0,
     }
 }
 

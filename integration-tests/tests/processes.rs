@@ -6,20 +6,17 @@ use std::time::{Duration, Instant};
 
 use bus_core::{Bus, Error};
 use fred::prelude::*;
-use fred::types::Value;
 use integration_tests::procs::{done_counts, read_ledgers, Task, TempDir, WorkerArgs, WorkerProc};
 use integration_tests::{RedisServer, TestEnv};
 
-const T: Duration = Duration::from_secs(60);
-
+/// `u64::MAX` while Redis does not answer (during restarts).
 async fn pending(bus: &Bus, group: &str) -> u64 {
-    let key = bus.stream_key("tasks").expect("key");
-    let v: std::result::Result<Value, _> = bus.redis().xpending(key.as_str(), group, ()).await;
-    match v {
-        Ok(Value::Array(a)) => a.first().and_then(Value::as_u64).unwrap_or(0),
-        _ => u64::MAX,
-    }
+    integration_tests::pending_count(bus, "tasks", group)
+        .await
+        .unwrap_or(u64::MAX)
 }
+
+const T: Duration = Duration::from_secs(60);
 
 /// Waits until every task in `ns` has a `done` line and nothing is pending.
 async fn wait_all_done(bus: &Bus, dir: &TempDir, group: &str, ns: &[u64], what: &str) {

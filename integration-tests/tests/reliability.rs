@@ -9,6 +9,12 @@ use bus_core::{subscriber_fn, Bus, Event, HandlerError, SubscriberOptions};
 use fred::prelude::*;
 use fred::types::Value;
 use integration_tests::{eventually, Recorder, TestEnv};
+
+async fn pending(bus: &Bus, group: &str) -> u64 {
+    integration_tests::pending_count(bus, "jobs", group)
+        .await
+        .expect("XPENDING")
+}
 use serde::{Deserialize, Serialize};
 
 const T: Duration = Duration::from_secs(30);
@@ -28,19 +34,6 @@ fn starts() -> Starts {
 
 fn attempts_of(s: &Starts) -> Vec<u32> {
     s.lock().expect("lock").iter().map(|(a, _)| *a).collect()
-}
-
-async fn pending(bus: &Bus, group: &str) -> u64 {
-    let key = bus.stream_key("jobs").expect("key");
-    let v: Value = bus
-        .redis()
-        .xpending(key.as_str(), group, ())
-        .await
-        .expect("XPENDING");
-    match v {
-        Value::Array(a) => a.first().and_then(Value::as_u64).unwrap_or(0),
-        _ => 0,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

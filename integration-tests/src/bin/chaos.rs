@@ -20,8 +20,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bus_core::Bus;
-use fred::prelude::*;
-use fred::types::Value;
 use integration_tests::procs::{done_counts, read_ledgers, Task, TempDir, WorkerArgs, WorkerProc};
 use integration_tests::RedisServer;
 
@@ -100,15 +98,6 @@ impl Pool {
         while self.procs.len() < want {
             self.spawn();
         }
-    }
-}
-
-async fn pending(bus: &Bus) -> Option<u64> {
-    let key = bus.stream_key("tasks").ok()?;
-    let v: Value = bus.redis().xpending(key.as_str(), GROUP, ()).await.ok()?;
-    match v {
-        Value::Array(a) => a.first().and_then(Value::as_u64),
-        _ => None,
     }
 }
 
@@ -256,7 +245,7 @@ async fn main() {
             .iter()
             .filter(|n| !done.contains_key(n) && !dead.contains(n))
             .count();
-        let pend = pending(&bus).await;
+        let pend = integration_tests::pending_count(&bus, "tasks", GROUP).await;
         if (open == 0 && pend == Some(0)) || Instant::now() > deadline {
             break (done, dead);
         }
@@ -282,7 +271,9 @@ async fn main() {
         .copied()
         .filter(|n| acked.contains(n) && !dead.contains(n))
         .collect();
-    let pend = pending(&bus).await.unwrap_or(u64::MAX);
+    let pend = integration_tests::pending_count(&bus, "tasks", GROUP)
+        .await
+        .unwrap_or(u64::MAX);
     let ok = lost.is_empty() && false_dead.is_empty() && poison_missed.is_empty() && pend == 0;
     let report = serde_json::json!({
         "published": acked.len(),
