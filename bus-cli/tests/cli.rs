@@ -48,8 +48,11 @@ async fn operators_inspect_and_repair_dead_letters() {
     let dlq = env.bus.dead_letters("orders", "billing").expect("dlq");
     eventually(
         std::time::Duration::from_secs(30),
-        "3 dead letters",
-        || async { dlq.count().await.expect("count") == 3 },
+        "3 dead letters, nothing pending",
+        || async {
+            dlq.count().await.expect("count") == 3
+                && integration_tests::pending_count(&env.bus, "orders", "billing").await == Some(0)
+        },
     )
     .await;
     w.shutdown().await.expect("shutdown");

@@ -411,8 +411,10 @@ impl Runtime {
                     }
                     for (lane, entry) in entries {
                         // Shutdown must not wait for a slot behind a hung handler: entries not
-                        // started stay held and are released for immediate reclaim.
+                        // started stay held and are released for immediate reclaim. A free slot
+                        // wins over a stop already signalled, so what was read is handled if it can.
                         let permit = tokio::select! {
+                            biased;
                             p = s.sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                             _ = stop.wait_for(|stopped| *stopped) => break,
                         };
