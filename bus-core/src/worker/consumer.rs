@@ -33,6 +33,8 @@ use crate::subscriber::{make_context, ContextNames, StartFrom, SubscriberOptions
 const MAX_READ: usize = 256;
 /// Most entries claimed by one XAUTOCLAIM call.
 const MAX_CLAIM: usize = 100;
+/// Most yields the read loop spends waiting for fast handlers to free more slots before a read.
+const COALESCE_YIELDS: usize = 16;
 /// Most ids in one lease-renewal or release script call.
 const SCRIPT_CHUNK: usize = 200;
 
@@ -396,8 +398,23 @@ impl Runtime {
                 p = s.sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = stop.changed() => continue,
             };
-            let want = (1 + s.sem.available_permits() + s.opts.get_prefetch())
-                .min(MAX_READ.max(concurrency));
+            // Fast handlers free their slots within microseconds of each other: give the ones
+            // already running a moment to finish so the read is not split into many small ones
+            // (each read costs a round trip and Redis time). Slow handlers free nothing here, so
+            // this costs them one yield.
+            let mut free = s.sem.available_permits();
+            for _ in 0..COALESCE_YIELDS {
+                if free + 1 >= concurrency {
+                    break;
+                }
+                tokio::task::yield_now().await;
+                let now = s.sem.available_permits();
+                if now == free {
+                    break;
+                }
+                free = now;
+            }
+            let want = (1 + free + s.opts.get_prefetch()).min(MAX_READ.max(concurrency));
             drop(first);
             if s.stopped() {
                 break;
