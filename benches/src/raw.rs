@@ -155,7 +155,7 @@ pub async fn drain(
     let deadline = Instant::now() + Duration::from_secs(120);
     let started = Instant::now();
     let mut handled = 0;
-    let mut acks = Vec::new();
+    let mut acks = tokio::task::JoinSet::new();
     while handled < n {
         if Instant::now() > deadline {
             let _ = reader.quit().await;
@@ -170,16 +170,83 @@ pub async fn drain(
         if !entries.is_empty() {
             let ids: Vec<Str> = entries.into_iter().map(|(id, _)| id).collect();
             let (client, key, group) = (client.clone(), key.to_owned(), group.to_owned());
-            acks.push(tokio::spawn(async move {
-                client.xack::<u64, _, _, _>(key, group, ids).await
-            }));
+            acks.spawn(async move { client.xack::<u64, _, _, _>(key, group, ids).await });
+            // Reap answered acks as we go so finished tasks do not pile up in memory.
+            while let Some(done) = acks.try_join_next() {
+                done??;
+            }
         }
     }
-    for a in acks {
-        a.await??;
+    while let Some(done) = acks.join_next().await {
+        done??;
     }
     let took = started.elapsed();
     let _ = reader.quit().await;
+    Ok(took)
+}
+
+/// The best raw drain under the worker's back-pressure bound: at most `in_flight` entries read
+/// and not yet handled, as `reads` concurrent `XREADGROUP COUNT in_flight/reads` (no BLOCK: the
+/// backlog is there) pipelined on one connection, so Redis serves one read while the client
+/// handles another. Decode and background `XACK` as in [`drain`]. This is what a worker with
+/// `concurrency = in_flight` could reach at best without reading ahead.
+pub async fn drain_bounded(
+    client: &Client,
+    key: &str,
+    group: &str,
+    n: u64,
+    in_flight: u64,
+    reads: u64,
+) -> BoxResult<Duration> {
+    ensure_group(client, key, group, "0").await?;
+    let reader = client.clone_new();
+    reader.init().await?;
+    let chunk = (in_flight / reads.max(1)).max(1);
+    let read = |reader: Client| {
+        let (group, key) = (group.to_owned(), key.to_owned());
+        async move {
+            reader
+                .xreadgroup::<Value, _, _, _, _>(group, "raw", Some(chunk), None, false, key, ">")
+                .await
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let started = Instant::now();
+    let mut pending: futures::stream::FuturesUnordered<_> =
+        (0..reads).map(|_| read(reader.clone())).collect();
+    let mut handled = 0;
+    let mut acks = tokio::task::JoinSet::new();
+    while let Some(reply) = pending.next().await {
+        if Instant::now() > deadline {
+            let _ = reader.quit().await;
+            return Err(format!("raw bounded drain stalled at {handled}/{n}").into());
+        }
+        let entries = parse_read(reply?);
+        decode_all(&entries)?;
+        handled += entries.len() as u64;
+        if !entries.is_empty() {
+            let ids: Vec<Str> = entries.into_iter().map(|(id, _)| id).collect();
+            let (client, key, group) = (client.clone(), key.to_owned(), group.to_owned());
+            acks.spawn(async move { client.xack::<u64, _, _, _>(key, group, ids).await });
+            // Reap answered acks as we go so finished tasks do not pile up in memory.
+            while let Some(done) = acks.try_join_next() {
+                done??;
+            }
+        }
+        if handled >= n {
+            break;
+        }
+        pending.push(read(reader.clone()));
+    }
+    drop(pending);
+    while let Some(done) = acks.join_next().await {
+        done??;
+    }
+    let took = started.elapsed();
+    let _ = reader.quit().await;
+    if handled < n {
+        return Err(format!("raw bounded drain read {handled}/{n}").into());
+    }
     Ok(took)
 }
 

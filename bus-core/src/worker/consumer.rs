@@ -156,7 +156,13 @@ impl Shared {
     fn hold(&self, lane: Lane, id: &str, state: Held) {
         if let Ok(mut h) = self.held.lock() {
             if let Some(m) = h.get_mut(lane) {
-                m.insert(id.to_owned(), state);
+                // Most calls move an entry already held to its next state: no key allocation.
+                match m.get_mut(id) {
+                    Some(held) => *held = state,
+                    None => {
+                        m.insert(id.to_owned(), state);
+                    }
+                }
             }
         }
     }
