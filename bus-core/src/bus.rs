@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fred::prelude::*;
 use fred::types::config::{Config, ReconnectPolicy};
 use fred::types::Value;
+use tracing::Instrument;
 
 use crate::codec::Codec;
 use crate::envelope;
@@ -437,13 +438,30 @@ impl Bus {
             });
         }
         let event_id = uuid::Uuid::now_v7().to_string();
+        #[cfg(feature = "opentelemetry")]
+        let traced: Vec<(String, String)> = {
+            let extra = crate::otel::inject(&opts.headers);
+            if extra.is_empty() {
+                Vec::new()
+            } else {
+                opts.headers.iter().cloned().chain(extra).collect()
+            }
+        };
+        #[cfg(feature = "opentelemetry")]
+        let headers = if traced.is_empty() {
+            &opts.headers[..]
+        } else {
+            &traced[..]
+        };
+        #[cfg(not(feature = "opentelemetry"))]
+        let headers = &opts.headers[..];
         let fields = envelope::encode(
             &event_id,
             E::NAME,
             now_ms(),
             self.inner.codec,
             payload,
-            &opts.headers,
+            headers,
         );
         Ok((event_id, fields))
     }
@@ -462,17 +480,35 @@ impl Bus {
         event: &E,
         opts: PublishOptions,
     ) -> Result<Published> {
+        let span = tracing::debug_span!(
+            "publish",
+            stream = E::STREAM,
+            event_id = tracing::field::Empty
+        );
+        self.publish_in(event, opts, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    /// [`Bus::publish_with`] inside its `publish` span (current while this runs, so trace
+    /// headers are taken from it).
+    async fn publish_in<E: Event>(
+        &self,
+        event: &E,
+        opts: PublishOptions,
+        span: &tracing::Span,
+    ) -> Result<Published> {
         if let Some((key, window)) = &opts.dedup {
             validate_name("dedup key", key)?;
             let p = self.prepare(event, &opts)?;
+            span.record("event_id", p.event_id.as_str());
             return self.publish_dedup::<E>(p, key, *window).await;
         }
         let p = self.prepare(event, &opts)?;
+        span.record("event_id", p.event_id.as_str());
         if let Some((replicas, timeout)) = opts.replicas {
             return self.publish_replicated::<E>(p, replicas, timeout).await;
         }
-        let span = tracing::debug_span!("publish", stream = E::STREAM, event_id = %p.event_id);
-        let _enter = span.enter();
         let entry_id: String = self
             .inner
             .client

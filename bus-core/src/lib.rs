@@ -62,6 +62,14 @@
 //!
 //! - `macros` (default): `#[subscriber]` and `#[derive(Event)]`.
 //! - `test-util`: the `testing` module — throwaway `redis-server` processes and key clean-up.
+//! - `opentelemetry`: trace context propagation. Every publish writes the OpenTelemetry context
+//!   of the current `tracing` span into the event's headers through the global text-map
+//!   propagator (W3C `traceparent`/`tracestate` with `TraceContextPropagator`; headers set by the
+//!   caller win), and the worker's `handle` span (fields: stream, group, event id, entry id,
+//!   attempt) takes the extracted context as its parent, so handlers continue the publisher's
+//!   trace across processes, retries and replays. Needs `tracing_opentelemetry::layer()` in the
+//!   subscriber and `opentelemetry::global::set_text_map_propagator(...)` at start-up; without a
+//!   propagator nothing is written.
 //!
 //! ## Supported Rust versions
 //!
@@ -84,6 +92,8 @@ mod event;
 mod inspect;
 mod metrics;
 mod names;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod redis;
 mod shutdown;
 mod status;

@@ -741,6 +741,8 @@ async fn process(s: &Arc<Shared>, lane: Lane, entry: RawEntry, attempt: u32) {
         entry_id = %id,
         attempt
     );
+    #[cfg(feature = "opentelemetry")]
+    crate::otel::continue_trace(&span, &env.headers);
     let event_id = env.event_id.clone();
     let ctx = make_context(
         std::mem::take(&mut env.event_id),
