@@ -139,6 +139,56 @@ fn decode_all(entries: &[(Str, Option<Bytes>)]) -> BoxResult<u64> {
     Ok(n)
 }
 
+/// One `XACK` per read, sent in the background (overlapping the next read) and reaped as it is
+/// answered, so finished tasks do not pile up in memory.
+struct BackgroundAcks {
+    client: Client,
+    key: String,
+    group: String,
+    tasks: tokio::task::JoinSet<Result<u64, fred::error::Error>>,
+}
+
+impl BackgroundAcks {
+    fn new(client: &Client, key: &str, group: &str) -> Self {
+        Self {
+            client: client.clone(),
+            key: key.to_owned(),
+            group: group.to_owned(),
+            tasks: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Decodes every payload of a read and acks the read; how many entries it had.
+    fn handle(&mut self, entries: Vec<(Str, Option<Bytes>)>) -> BoxResult<u64> {
+        decode_all(&entries)?;
+        let n = entries.len() as u64;
+        self.ack(entries)?;
+        Ok(n)
+    }
+
+    /// Sends the XACK for a read (nothing for an empty one) and reaps answered ones.
+    fn ack(&mut self, entries: Vec<(Str, Option<Bytes>)>) -> BoxResult<()> {
+        if !entries.is_empty() {
+            let ids: Vec<Str> = entries.into_iter().map(|(id, _)| id).collect();
+            let (client, key, group) = (self.client.clone(), self.key.clone(), self.group.clone());
+            self.tasks
+                .spawn(async move { client.xack::<u64, _, _, _>(key, group, ids).await });
+        }
+        while let Some(done) = self.tasks.try_join_next() {
+            done??;
+        }
+        Ok(())
+    }
+
+    /// Waits for every XACK to be answered.
+    async fn finish(mut self) -> BoxResult<()> {
+        while let Some(done) = self.tasks.join_next().await {
+            done??;
+        }
+        Ok(())
+    }
+}
+
 /// Drains `n` entries of the backlog on `key` through a new `group`: `XREADGROUP COUNT count
 /// BLOCK` on its own connection, decode every payload, one `XACK` per read sent in the background
 /// (overlapping the next read). Returns the time until the last XACK was answered.
@@ -155,7 +205,7 @@ pub async fn drain(
     let deadline = Instant::now() + Duration::from_secs(120);
     let started = Instant::now();
     let mut handled = 0;
-    let mut acks = tokio::task::JoinSet::new();
+    let mut acks = BackgroundAcks::new(client, key, group);
     while handled < n {
         if Instant::now() > deadline {
             let _ = reader.quit().await;
@@ -164,22 +214,9 @@ pub async fn drain(
         let reply: Value = reader
             .xreadgroup(group, "raw", Some(count), Some(2_000), false, key, ">")
             .await?;
-        let entries = parse_read(reply);
-        decode_all(&entries)?;
-        handled += entries.len() as u64;
-        if !entries.is_empty() {
-            let ids: Vec<Str> = entries.into_iter().map(|(id, _)| id).collect();
-            let (client, key, group) = (client.clone(), key.to_owned(), group.to_owned());
-            acks.spawn(async move { client.xack::<u64, _, _, _>(key, group, ids).await });
-            // Reap answered acks as we go so finished tasks do not pile up in memory.
-            while let Some(done) = acks.try_join_next() {
-                done??;
-            }
-        }
+        handled += acks.handle(parse_read(reply))?;
     }
-    while let Some(done) = acks.join_next().await {
-        done??;
-    }
+    acks.finish().await?;
     let took = started.elapsed();
     let _ = reader.quit().await;
     Ok(took)
@@ -215,33 +252,20 @@ pub async fn drain_bounded(
     let mut pending: futures::stream::FuturesUnordered<_> =
         (0..reads).map(|_| read(reader.clone())).collect();
     let mut handled = 0;
-    let mut acks = tokio::task::JoinSet::new();
+    let mut acks = BackgroundAcks::new(client, key, group);
     while let Some(reply) = pending.next().await {
         if Instant::now() > deadline {
             let _ = reader.quit().await;
             return Err(format!("raw bounded drain stalled at {handled}/{n}").into());
         }
-        let entries = parse_read(reply?);
-        decode_all(&entries)?;
-        handled += entries.len() as u64;
-        if !entries.is_empty() {
-            let ids: Vec<Str> = entries.into_iter().map(|(id, _)| id).collect();
-            let (client, key, group) = (client.clone(), key.to_owned(), group.to_owned());
-            acks.spawn(async move { client.xack::<u64, _, _, _>(key, group, ids).await });
-            // Reap answered acks as we go so finished tasks do not pile up in memory.
-            while let Some(done) = acks.try_join_next() {
-                done??;
-            }
-        }
+        handled += acks.handle(parse_read(reply?))?;
         if handled >= n {
             break;
         }
         pending.push(read(reader.clone()));
     }
     drop(pending);
-    while let Some(done) = acks.join_next().await {
-        done??;
-    }
+    acks.finish().await?;
     let took = started.elapsed();
     let _ = reader.quit().await;
     if handled < n {
@@ -291,6 +315,7 @@ pub async fn latency(
     let (c, k) = (client.clone(), key.to_owned());
     let read = tokio::spawn(async move {
         let mut hist = latency_histogram()?;
+        let mut acks = BackgroundAcks::new(&c, &k, group);
         let deadline = Instant::now() + Duration::from_secs(secs + 30);
         let mut got = 0;
         while got < total && Instant::now() < deadline {
@@ -305,12 +330,9 @@ pub async fn latency(
                 }
             }
             got += entries.len() as u64;
-            if !entries.is_empty() {
-                let ids: Vec<Str> = entries.into_iter().map(|(id, _)| id).collect();
-                let (c, k) = (c.clone(), k.clone());
-                tokio::spawn(async move { c.xack::<u64, _, _, _>(k, group, ids).await });
-            }
+            acks.ack(entries)?;
         }
+        acks.finish().await?;
         let _ = reader.quit().await;
         Ok::<_, BoxError>(hist)
     });
