@@ -1,5 +1,6 @@
 //! The [`Bus`] handle: connect, publish.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -357,6 +358,19 @@ pub(crate) fn redact(url: &str) -> String {
     url.to_owned()
 }
 
+/// The caller's headers plus, with the `opentelemetry` feature, the current span's trace context
+/// (headers the caller set win).
+fn traced_headers(headers: &[(String, String)]) -> Cow<'_, [(String, String)]> {
+    #[cfg(feature = "opentelemetry")]
+    {
+        let extra = crate::otel::inject(headers);
+        if !extra.is_empty() {
+            return Cow::Owned(headers.iter().cloned().chain(extra).collect());
+        }
+    }
+    Cow::Borrowed(headers)
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -438,30 +452,14 @@ impl Bus {
             });
         }
         let event_id = uuid::Uuid::now_v7().to_string();
-        #[cfg(feature = "opentelemetry")]
-        let traced: Vec<(String, String)> = {
-            let extra = crate::otel::inject(&opts.headers);
-            if extra.is_empty() {
-                Vec::new()
-            } else {
-                opts.headers.iter().cloned().chain(extra).collect()
-            }
-        };
-        #[cfg(feature = "opentelemetry")]
-        let headers = if traced.is_empty() {
-            &opts.headers[..]
-        } else {
-            &traced[..]
-        };
-        #[cfg(not(feature = "opentelemetry"))]
-        let headers = &opts.headers[..];
+        let headers = traced_headers(&opts.headers);
         let fields = envelope::encode(
             &event_id,
             E::NAME,
             now_ms(),
             self.inner.codec,
             payload,
-            headers,
+            &headers,
         );
         Ok((event_id, fields))
     }
@@ -498,14 +496,14 @@ impl Bus {
         opts: PublishOptions,
         span: &tracing::Span,
     ) -> Result<Published> {
-        if let Some((key, window)) = &opts.dedup {
+        if let Some((key, _)) = &opts.dedup {
             validate_name("dedup key", key)?;
-            let p = self.prepare(event, &opts)?;
-            span.record("event_id", p.event_id.as_str());
-            return self.publish_dedup::<E>(p, key, *window).await;
         }
         let p = self.prepare(event, &opts)?;
         span.record("event_id", p.event_id.as_str());
+        if let Some((key, window)) = &opts.dedup {
+            return self.publish_dedup::<E>(p, key, *window).await;
+        }
         if let Some((replicas, timeout)) = opts.replicas {
             return self.publish_replicated::<E>(p, replicas, timeout).await;
         }

@@ -82,8 +82,18 @@ async fn the_handler_continues_the_publishers_trace() {
         .await
         .expect("publish");
 
+    // 3: a garbage traceparent (set by hand, or by a foreign producer) is ignored: the event is
+    // handled, in a trace of its own.
+    env.bus
+        .publish_with(
+            &Order { n: 3 },
+            PublishOptions::new().header("traceparent", "garbage-not-a-trace"),
+        )
+        .await
+        .expect("publish");
+
     let mut seen = Vec::new();
-    while seen.len() < 2 {
+    while seen.len() < 3 {
         let got = tokio::time::timeout(T, rx.recv()).await;
         seen.push(got.expect("handler ran in time").expect("channel open"));
     }
@@ -103,14 +113,19 @@ async fn the_handler_continues_the_publishers_trace() {
     let (_, trace2, header2) = &seen[1];
     assert_eq!(trace2.to_string(), FIXED_TRACE);
     assert_eq!(header2.as_deref(), Some(explicit.as_str()));
+    let (_, trace3, header3) = &seen[2];
+    assert_eq!(header3.as_deref(), Some("garbage-not-a-trace"));
+    assert_ne!(*trace3, TraceId::INVALID);
+    assert_ne!(*trace3, request_trace);
+    assert_ne!(trace3.to_string(), FIXED_TRACE);
     w.shutdown().await.expect("shutdown");
 
     // The exported spans: the `handle` span of event 1 is a child of its `publish` span.
     let spans = || exporter.get_finished_spans().expect("finished spans");
     eventually(T, "publish and handle spans exported", || async {
         let s = spans();
-        s.iter().filter(|s| s.name == "handle").count() == 2
-            && s.iter().filter(|s| s.name == "publish").count() == 2
+        s.iter().filter(|s| s.name == "handle").count() == 3
+            && s.iter().filter(|s| s.name == "publish").count() == 3
     })
     .await;
     let s = spans();
