@@ -23,6 +23,11 @@ fn short_chaos_run_loses_nothing() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
     println!("{line}");
+    // The checker's explanations (lost or wrongly dead-lettered events) go to stderr.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for l in stderr.lines().filter(|l| l.starts_with("chaos:")) {
+        println!("{l}");
+    }
     let report: serde_json::Value = serde_json::from_str(line).expect("a JSON report line");
     assert_eq!(report["lost"], 0, "{report}");
     assert_eq!(report["false_dead_letters"], 0, "{report}");

@@ -20,7 +20,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bus_core::Bus;
-use integration_tests::procs::{done_counts, read_ledgers, Task, TempDir, WorkerArgs, WorkerProc};
+use integration_tests::procs::{
+    done_counts, read_ledgers, LedgerLine, Task, TempDir, WorkerArgs, WorkerProc,
+};
 use integration_tests::RedisServer;
 
 fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -298,12 +300,40 @@ async fn main() {
     }
     if !false_dead.is_empty() {
         eprintln!("chaos: innocent events dead-lettered {false_dead:?}");
+        explain_dead_letters(&dlq, &read_ledgers(&dir.0), &false_dead).await;
     }
     println!("{report}");
     drop(pool);
     drop(redis);
     drop(dir);
     std::process::exit(if ok { 0 } else { 1 });
+}
+
+/// Prints, for each of `tasks`, its dead letter (reason, attempts, last error, consumer) and what
+/// the ledgers say about its attempts, so a failing run can be understood from its output.
+async fn explain_dead_letters(dlq: &bus_core::DeadLetters, ledgers: &[LedgerLine], tasks: &[u64]) {
+    let Ok(list) = dlq.list(100_000).await else {
+        return;
+    };
+    for d in list {
+        let n = d
+            .fields
+            .iter()
+            .find(|(k, _)| k == b"p")
+            .and_then(|(_, p)| bus_core::Codec::MessagePack.decode::<Task>(p).ok());
+        let Some(task) = n.filter(|t| tasks.contains(&t.n)) else {
+            continue;
+        };
+        let history: Vec<String> = ledgers
+            .iter()
+            .filter(|l| l.n == task.n)
+            .map(|l| format!("{} #{} pid {}", l.kind, l.attempt, l.pid))
+            .collect();
+        eprintln!(
+            "chaos: task {task:?} dead-lettered: reason {}, attempts {}, error {:?}, consumer {}; ledger: {history:?}",
+            d.reason, d.attempts, d.error, d.consumer
+        );
+    }
 }
 
 /// The task numbers in the dead-letter stream.
