@@ -17,6 +17,7 @@ pub use bus_core::testing::{
 use bus_core::{Bus, BusBuilder};
 
 pub mod procs;
+pub mod proxy;
 pub mod worker;
 
 enum Source {
