@@ -150,16 +150,58 @@ impl DeadLetters {
         Ok(n)
     }
 
-    /// Replays every dead letter; see [`replay`](Self::replay).
+    /// Replays every dead letter there is when the call starts; see [`replay`](Self::replay).
+    ///
+    /// The newest dead-letter id is read first, and only entries up to it are replayed, oldest
+    /// first, in chunks. Dead letters added meanwhile — including replays that the group fails
+    /// again at once — are left for a later call, so this always ends, however fast the group
+    /// rejects. Each chunk is replayed atomically, the whole call is not: dead letters replayed or
+    /// purged concurrently by someone else are skipped. Returns how many were replayed, which is
+    /// the count at the start unless some were removed concurrently.
     pub async fn replay_all(&self) -> Result<u64> {
+        let Some(last) = self.newest_id().await? else {
+            return Ok(0);
+        };
         let mut n = 0;
+        let mut start = "-".to_owned();
         loop {
-            let ids: Vec<String> = self.list(CHUNK).await?.into_iter().map(|d| d.id).collect();
-            if ids.is_empty() {
+            let ids = self.ids_between(&start, &last, CHUNK).await?;
+            let Some(tail) = ids.last() else {
+                return Ok(n);
+            };
+            // Page on past what was just replayed instead of restarting at the head, so progress
+            // never depends on every replayed id having been deleted.
+            start = format!("({tail}");
+            n += self.replay(&ids).await?;
+            if ids.len() < CHUNK {
                 return Ok(n);
             }
-            n += self.replay(&ids).await?;
         }
+    }
+
+    /// The id of the newest dead letter, if there is any.
+    async fn newest_id(&self) -> Result<Option<String>> {
+        let reply: Value = self
+            .bus
+            .inner
+            .client
+            .xrevrange(self.key.as_str(), "+", "-", Some(1))
+            .await?;
+        Ok(redis::parse_entries(reply).into_iter().next().map(|e| e.id))
+    }
+
+    /// Up to `limit` dead-letter ids from `start` to `end` (XRANGE bounds, `(` = exclusive).
+    async fn ids_between(&self, start: &str, end: &str, limit: usize) -> Result<Vec<String>> {
+        let reply: Value = self
+            .bus
+            .inner
+            .client
+            .xrange(self.key.as_str(), start, end, Some(limit as u64))
+            .await?;
+        Ok(redis::parse_entries(reply)
+            .into_iter()
+            .map(|e| e.id)
+            .collect())
     }
 
     /// Deletes the given dead letters. Returns how many were deleted.

@@ -12,15 +12,19 @@
 //! [`Bus::wait_for`] subscribes first, then reads the hash (no race with a completion in
 //! between), then waits for a notification — re-reading the hash every second as well, because
 //! Pub/Sub is at-most-once and a notification lost in a reconnect must not leave a waiter hanging.
+//! Waiters share one Pub/Sub connection per bus; a single task owns its subscriptions (see
+//! `Waiters`), and each waiter holds a reference that it gives back on drop, so cancelled
+//! waiters do not leak subscriptions.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::Value;
 use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::Bus;
 use crate::error::{Error, Result};
@@ -211,57 +215,189 @@ fn parse_status(fields: HashMap<String, Value>) -> HashMap<String, GroupStatus> 
     out
 }
 
+/// Most subscription requests applied in one pass of the subscription task.
+const MAX_BATCH: usize = 1024;
+
+/// How soon the subscription task tries again after a SUBSCRIBE or UNSUBSCRIBE failed.
+const RETRY_FAILED: Duration = Duration::from_secs(1);
+
+/// A request to the subscription task.
+enum Op {
+    /// Take one reference to a channel; answered once the SUBSCRIBE (if one was needed) is sent.
+    Acquire(String, oneshot::Sender<Result<()>>),
+    /// Give one reference back.
+    Release(String),
+}
+
 /// Shared Pub/Sub connection for waiters, with per-channel reference counts.
+///
+/// One task owns the counts and is the only one to send SUBSCRIBE and UNSUBSCRIBE, applying
+/// requests in the order they were made. So the UNSUBSCRIBE of a channel's last waiter can never
+/// land after the SUBSCRIBE of the next one, and once requests settle the server is subscribed to
+/// exactly the channels that have waiters.
 pub(crate) struct Waiters {
     client: Client,
-    refs: Mutex<HashMap<String, usize>>,
+    ops: mpsc::UnboundedSender<Op>,
+}
+
+/// One waiter's reference to a channel. Dropping it gives the reference back — also when the
+/// `wait_for` future holding it is dropped mid-wait (a timeout, `select!`, a closed request), so
+/// a cancelled waiter does not leak its subscription. Sending on an unbounded channel never blocks
+/// and needs no runtime, so this works from any `Drop`.
+struct Subscription {
+    ops: mpsc::UnboundedSender<Op>,
+    channel: String,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Fails only when the task has stopped, and then there is no subscription to release.
+        let _ = self
+            .ops
+            .send(Op::Release(std::mem::take(&mut self.channel)));
+    }
 }
 
 impl Waiters {
     pub(crate) async fn new(bus: &Bus) -> Result<Waiters> {
         let client = bus.inner.client.clone_new();
         client.init().await?;
-        Ok(Waiters {
-            client,
-            refs: Mutex::new(HashMap::new()),
-        })
+        let (ops, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_subscriptions(client.clone(), rx));
+        Ok(Waiters { client, ops })
     }
 
-    async fn subscribe(&self, channel: &str) -> Result<()> {
-        let first = {
-            let mut refs = self
-                .refs
-                .lock()
-                .map_err(|_| Error::Config("poisoned lock".into()))?;
-            let n = refs.entry(channel.to_owned()).or_insert(0);
-            *n += 1;
-            *n == 1
+    /// Takes a reference to `channel`, subscribing when it is the first one.
+    async fn subscribe(&self, channel: &str) -> Result<Subscription> {
+        let stopped = || Error::Config("the waiters' subscription task has stopped".into());
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Acquire(channel.to_owned(), tx))
+            .map_err(|_| stopped())?;
+        // The reference is queued: from here on it is given back on drop, even if this future is
+        // dropped before the answer arrives.
+        let sub = Subscription {
+            ops: self.ops.clone(),
+            channel: channel.to_owned(),
         };
-        if first {
-            self.client.subscribe(channel).await?;
-        }
-        Ok(())
+        rx.await.map_err(|_| stopped())??;
+        Ok(sub)
     }
+}
 
-    async fn unsubscribe(&self, channel: &str) {
-        let last = match self.refs.lock() {
-            Ok(mut refs) => match refs.get_mut(channel) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
+/// The subscription task: applies [`Op`]s in order, a batch at a time, and sends only the net
+/// changes — one SUBSCRIBE and one UNSUBSCRIBE per batch at most. Ends when the [`Waiters`] and
+/// every [`Subscription`] are gone, closing the connection.
+async fn run_subscriptions(client: Client, mut ops: mpsc::UnboundedReceiver<Op>) {
+    let mut refs: HashMap<String, usize> = HashMap::new();
+    // What the server has, as far as we know.
+    let mut subscribed: HashSet<String> = HashSet::new();
+    // Channels whose last command failed: the server's state is unknown, so the command is sent
+    // again whatever `subscribed` says.
+    let mut unsure: HashSet<String> = HashSet::new();
+    loop {
+        let mut batch = Vec::new();
+        if unsure.is_empty() {
+            match ops.recv().await {
+                Some(op) => batch.push(op),
+                None => break,
+            }
+        } else {
+            match tokio::time::timeout(RETRY_FAILED, ops.recv()).await {
+                Ok(Some(op)) => batch.push(op),
+                Ok(None) => break,
+                Err(_) => {} // only the retry
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+
+        let mut touched: HashSet<String> = unsure.clone();
+        let mut acks = Vec::new();
+        for op in batch {
+            match op {
+                Op::Acquire(channel, ack) => {
+                    *refs.entry(channel.clone()).or_insert(0) += 1;
+                    touched.insert(channel.clone());
+                    acks.push((channel, ack));
                 }
-                Some(_) => {
-                    refs.remove(channel);
-                    true
+                Op::Release(channel) => {
+                    if let Some(n) = refs.get_mut(&channel) {
+                        *n -= 1;
+                        if *n == 0 {
+                            refs.remove(&channel);
+                        }
+                    }
+                    touched.insert(channel);
                 }
-                None => false,
-            },
-            Err(_) => false,
-        };
-        if last {
-            let _ = self.client.unsubscribe(channel).await;
+            }
+        }
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for channel in touched {
+            let wanted = refs.contains_key(&channel);
+            if unsure.contains(&channel) || wanted != subscribed.contains(&channel) {
+                if wanted {
+                    add.push(channel);
+                } else {
+                    remove.push(channel);
+                }
+            }
+        }
+
+        if !remove.is_empty() {
+            for c in &remove {
+                subscribed.remove(c);
+            }
+            match client.unsubscribe(remove.clone()).await {
+                Ok(()) => {
+                    for c in &remove {
+                        unsure.remove(c);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        channels = remove.len(),
+                        "waiters: UNSUBSCRIBE failed; will try again"
+                    );
+                    unsure.extend(remove);
+                }
+            }
+        }
+        let mut failed: Option<(HashSet<String>, fred::error::Error)> = None;
+        if !add.is_empty() {
+            match client.subscribe(add.clone()).await {
+                Ok(()) => {
+                    for c in add {
+                        unsure.remove(&c);
+                        subscribed.insert(c);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        channels = add.len(),
+                        "waiters: SUBSCRIBE failed; its waiters get the error"
+                    );
+                    unsure.extend(add.iter().cloned());
+                    failed = Some((add.into_iter().collect(), e));
+                }
+            }
+        }
+        for (channel, ack) in acks {
+            let answer = match &failed {
+                Some((channels, e)) if channels.contains(&channel) => Err(Error::from(e.clone())),
+                _ => Ok(()),
+            };
+            // The waiter may be gone already; its Release is queued behind this.
+            let _ = ack.send(answer);
         }
     }
+    let _ = client.quit().await;
 }
 
 impl Bus {
@@ -294,6 +430,18 @@ impl Bus {
 
     /// Waits until `group` has finished with an event of type `E` (succeeded or dead-lettered) and
     /// returns its status, or fails with [`Error::Timeout`]. The group must track status.
+    ///
+    /// Guarantees:
+    /// - A completion is not missed: the waiter subscribes to the event's completion channel before
+    ///   it first reads the status, and re-reads it at least every second, so a notification lost
+    ///   in a reconnect delays the answer by at most a second instead of hanging.
+    /// - Cancel-safe: the future may be dropped at any point (a timeout, `select!`, a client that
+    ///   went away). Its subscription is released on drop like on return; when it was the last
+    ///   waiter of the channel, the UNSUBSCRIBE is sent in the background.
+    /// - Waiters on one event share one subscription on the bus's Pub/Sub connection. One task
+    ///   applies every subscribe and unsubscribe in order, so a waiter that starts while the
+    ///   previous one ends is never left unsubscribed, and once waiters come and go the server is
+    ///   subscribed to exactly the channels that still have one.
     pub async fn wait_for<E: Event>(
         &self,
         event_id: &str,
@@ -303,38 +451,34 @@ impl Bus {
         let deadline = Instant::now() + timeout;
         let waiters = self.waiters().await?;
         let chan = channel(self, E::STREAM, event_id);
-        // Subscribe first, then read: a completion in between is not missed.
+        // Subscribe first, then read: a completion in between is not missed. The subscription is
+        // held until this future completes or is dropped, whichever comes first.
         let mut rx = waiters.client.message_rx();
-        waiters.subscribe(&chan).await?;
-        let result = async {
-            loop {
-                let st = self.group_status::<E>(event_id, group).await?;
-                if st.state.is_terminal() {
-                    return Ok(st);
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(Error::Timeout(format!(
-                        "group {group} did not finish event {event_id} within {timeout:?}"
-                    )));
-                }
-                // Woken by the announcement, or re-read every second in case it was lost.
-                let wake = async {
-                    loop {
-                        match rx.recv().await {
-                            Ok(m) if &*m.channel == chan.as_str() => return,
-                            Ok(_) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                            Err(_) => std::future::pending::<()>().await,
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), wake).await;
+        let _subscription = waiters.subscribe(&chan).await?;
+        loop {
+            let st = self.group_status::<E>(event_id, group).await?;
+            if st.state.is_terminal() {
+                return Ok(st);
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(format!(
+                    "group {group} did not finish event {event_id} within {timeout:?}"
+                )));
+            }
+            // Woken by the announcement, or re-read every second in case it was lost.
+            let wake = async {
+                loop {
+                    match rx.recv().await {
+                        Ok(m) if &*m.channel == chan.as_str() => return,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(_) => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), wake).await;
         }
-        .await;
-        waiters.unsubscribe(&chan).await;
-        result
     }
 
     /// Publishes `event` and waits for `group`'s handler to return, returning its value: a
