@@ -51,6 +51,10 @@ pub(crate) struct BusInner {
     pub(crate) codec: Codec,
     pub(crate) max_payload: usize,
     pub(crate) url: String,
+    /// How long a command may take before the client gives up on it; blocking reads get this much
+    /// on top of their block time, so a read never times out on the client while Redis still
+    /// blocks (entries it then delivered would reach nobody).
+    pub(crate) command_timeout: Duration,
     pub(crate) waiters: tokio::sync::OnceCell<crate::status::Waiters>,
 }
 
@@ -248,6 +252,7 @@ impl BusBuilder {
                 codec: self.codec,
                 max_payload: self.max_payload,
                 url: redacted,
+                command_timeout: self.command_timeout,
                 waiters: tokio::sync::OnceCell::new(),
             }),
         })

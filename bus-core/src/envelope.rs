@@ -25,6 +25,7 @@ pub(crate) const F_TS: &str = "ts";
 pub(crate) const F_CODEC: &str = "ct";
 pub(crate) const F_PAYLOAD: &str = "p";
 pub(crate) const HEADER_PREFIX: &str = "h:";
+pub(crate) const F_TO: &str = "to";
 
 /// One entry as read from a stream: its id and raw fields (`None` when the entry was deleted or
 /// trimmed while pending).
@@ -43,8 +44,6 @@ pub(crate) struct Envelope {
     pub(crate) codec: Codec,
     pub(crate) payload: Bytes,
     pub(crate) headers: Vec<(String, String)>,
-    /// Set on replayed dead letters: only this group handles the entry.
-    pub(crate) to: Option<String>,
 }
 
 /// Builds the field list of a new entry.
@@ -85,6 +84,15 @@ pub(crate) fn encode(
     fields
 }
 
+/// The group a replayed dead letter is addressed to (its `to` field), found without decoding the
+/// rest: an entry that fails to decode must still reach only that group.
+pub(crate) fn addressed_to(fields: &[(Bytes, Bytes)]) -> Option<&[u8]> {
+    fields
+        .iter()
+        .find(|(k, _)| k.as_ref() == F_TO.as_bytes())
+        .map(|(_, v)| v.as_ref())
+}
+
 fn utf8(field: &str, b: &Bytes) -> Result<String> {
     String::from_utf8(b.to_vec()).map_err(|_| Error::Decode(format!("field {field} is not UTF-8")))
 }
@@ -99,7 +107,6 @@ pub(crate) fn decode(fields: &[(Bytes, Bytes)]) -> Result<Envelope> {
     let mut codec = None;
     let mut payload = None;
     let mut headers = Vec::new();
-    let mut to = None;
     for (k, v) in fields {
         match k.as_ref() {
             b"v" => version = Some(v),
@@ -108,7 +115,8 @@ pub(crate) fn decode(fields: &[(Bytes, Bytes)]) -> Result<Envelope> {
             b"ts" => ts = Some(v),
             b"ct" => codec = Some(v),
             b"p" => payload = Some(v),
-            b"to" => to = Some(String::from_utf8_lossy(v).into_owned()),
+            // Checked before decoding (see `addressed_to`).
+            b"to" => {}
             other => {
                 if let Some(name) = other.strip_prefix(HEADER_PREFIX.as_bytes()) {
                     if let (Ok(name), Ok(value)) =
@@ -148,7 +156,6 @@ pub(crate) fn decode(fields: &[(Bytes, Bytes)]) -> Result<Envelope> {
         codec,
         payload,
         headers,
-        to,
     })
 }
 

@@ -115,7 +115,7 @@ pub use shutdown::shutdown_signal;
 pub use status::{GroupStatus, State};
 pub use subscriber::{
     subscriber_fn, Context, ContextBuilder, FnSubscriber, HandlerOutput, HandlerResult,
-    IntoHandlerResult, StartFrom, Subscriber, SubscriberOptions,
+    IntoHandlerResult, StartFrom, Subscriber, SubscriberOptions, UnknownTypes,
 };
 pub use trim::Retention;
 pub use worker::{default_consumer_name, Worker, WorkerHandle};

@@ -12,6 +12,8 @@
 //! | `streambus_deleted_pending_total` | counter | stream, group (R-6.3) |
 //! | `streambus_group_recreated_total` | counter | stream, group (R-4.12) |
 //! | `streambus_lease_lost_total` | counter | stream, group |
+//! | `streambus_timed_out_total` | counter | stream, group (attempts past the handler timeout) |
+//! | `streambus_skipped_total` | counter | stream, group, reason (`unknown_type`) |
 //! | `streambus_handle_seconds` | histogram | stream, group |
 //! | `streambus_publish_to_handle_seconds` | histogram | stream, group (producer clock to worker clock) |
 
@@ -26,6 +28,7 @@ pub(crate) struct SubscriberMetrics {
     pub(crate) deleted_pending: Counter,
     pub(crate) group_recreated: Counter,
     pub(crate) lease_lost: Counter,
+    pub(crate) timed_out: Counter,
     pub(crate) handle_seconds: Histogram,
     pub(crate) latency_seconds: Histogram,
     stream: String,
@@ -43,6 +46,7 @@ impl SubscriberMetrics {
             deleted_pending: l("streambus_deleted_pending_total"),
             group_recreated: l("streambus_group_recreated_total"),
             lease_lost: l("streambus_lease_lost_total"),
+            timed_out: l("streambus_timed_out_total"),
             handle_seconds: histogram!("streambus_handle_seconds", "stream" => stream.to_owned(), "group" => group.to_owned()),
             latency_seconds: histogram!(
                 "streambus_publish_to_handle_seconds",
@@ -52,6 +56,16 @@ impl SubscriberMetrics {
             stream: stream.to_owned(),
             group: group.to_owned(),
         }
+    }
+
+    pub(crate) fn skipped(&self, reason: &'static str) {
+        counter!(
+            "streambus_skipped_total",
+            "stream" => self.stream.clone(),
+            "group" => self.group.clone(),
+            "reason" => reason
+        )
+        .increment(1);
     }
 
     pub(crate) fn dead_lettered(&self, reason: &str) {

@@ -191,8 +191,20 @@ pub(crate) async fn eval(
 ///
 /// `owned` reads an entry's pending row and returns its delivery count when `me` owns it, or a
 /// negative code: -1 not pending (acknowledged, or never delivered), -2 owned by another consumer.
+///
+/// Each entry a group has started but not finished may have an *attempt record* in the group's
+/// record hash (one per lane), `2|kind|charged|token|due ms|last error`, where kind is `r` (the
+/// last attempt failed; retry at `due`), `s`/`m` (an attempt started alone / beside others in its
+/// process, with the attempt token of the take that started it), or `l` (released at shutdown
+/// before it started). `charged` counts the attempts that count against `max_attempts` before the
+/// one the record describes (for `r`: including it). Records written by earlier versions,
+/// `due|error`, read as kind `r` charged with every delivery.
+///
 /// `dead_letter` copies the original fields into the dead-letter stream after the metadata and
-/// acknowledges the entry, in the same script (R-5.1).
+/// acknowledges the entry, in the same script; an entry deleted while pending is acknowledged away
+/// instead (false), so no empty dead letter is ever written. `recently_dead` finds a dead letter
+/// this consumer wrote for an entry among the newest ones: a script re-sent after its reply was
+/// lost then reports what the first run did.
 const LUA_PRELUDE: &str = r#"
 local function owned(stream, group, id, me)
   local p = redis.call('XPENDING', stream, group, id, id, 1)
@@ -204,78 +216,160 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function dead_letter(stream, dlq, retries, group, id, me, reason, err, attempts)
+local function parse_record(rec)
+  if not rec then return nil end
+  local kind, charged, token, due, err = string.match(rec, '^2|(%a)|(%d+)|([^|]*)|(%d+)|(.*)$')
+  if kind then
+    return {kind = kind, charged = tonumber(charged), token = token, due = tonumber(due), err = err}
+  end
+  local d, e = string.match(rec, '^(%d+)|(.*)$')
+  if d then return {kind = 'r', charged = nil, token = '', due = tonumber(d), err = e} end
+  return {kind = '?', charged = nil, token = '', due = 0, err = ''}
+end
+local function make_record(kind, charged, token, due, err)
+  return '2|' .. kind .. '|' .. string.format('%d', charged) .. '|' .. token .. '|' ..
+    string.format('%d', due) .. '|' .. err
+end
+local function dead_letter(stream, dlq, records, group, id, me, reason, err, attempts)
+  local e = redis.call('XRANGE', stream, id, id)
+  redis.call('XACK', stream, group, id)
+  redis.call('HDEL', records, id)
+  if #e == 0 then return false end
   local args = {'XADD', dlq, '*',
     'dl.group', group, 'dl.entry_id', id, 'dl.attempts', tostring(attempts),
     'dl.reason', reason, 'dl.error', err, 'dl.failed_at', string.format('%d', now_ms()),
     'dl.consumer', me}
-  local e = redis.call('XRANGE', stream, id, id)
   local event_id = ''
-  if #e > 0 then
-    local f = e[1][2]
-    for i = 1, #f - 1, 2 do
-      if f[i] == 'id' then event_id = f[i + 1]; break end
-    end
-    local n = #f
-    if n > 7000 then n = 7000; args[#args + 1] = 'dl.truncated'; args[#args + 1] = '1' end
-    for i = 1, n do args[#args + 1] = f[i] end
-  else
-    args[#args + 1] = 'dl.missing'; args[#args + 1] = '1'
+  local f = e[1][2]
+  for i = 1, #f - 1, 2 do
+    if f[i] == 'id' then event_id = f[i + 1]; break end
   end
+  local n = #f
+  if n > 7000 then n = 7000; args[#args + 1] = 'dl.truncated'; args[#args + 1] = '1' end
+  for i = 1, n do args[#args + 1] = f[i] end
   redis.call(unpack(args))
-  redis.call('XACK', stream, group, id)
-  redis.call('HDEL', retries, id)
   return event_id
+end
+local function recently_dead(dlq, id, me)
+  local rows = redis.call('XREVRANGE', dlq, '+', '-', 'COUNT', 16)
+  for _, row in ipairs(rows) do
+    local f = row[2]
+    local entry, consumer, attempts, event_id = nil, nil, 0, ''
+    for i = 1, #f - 1, 2 do
+      local k = f[i]
+      if k == 'dl.entry_id' then entry = f[i + 1]
+      elseif k == 'dl.consumer' then consumer = f[i + 1]
+      elseif k == 'dl.attempts' then attempts = tonumber(f[i + 1]) or 0
+      elseif k == 'id' and event_id == '' then event_id = f[i + 1] end
+    end
+    if entry == id and consumer == me then return {attempts, event_id} end
+  end
+  return nil
 end
 "#;
 
-/// Dead-letters an entry this consumer owns, fenced by owner and delivery count (R-4.11).
+/// Dead-letters an entry this consumer owns, fenced by owner and delivery count.
 ///
-/// KEYS: stream, dead-letter stream, retry hash. ARGV: group, entry id, consumer, reason, error,
-/// expected delivery count (`""` = any). Returns 1 when moved, -1 not pending, -2 another owner,
-/// -3 delivered again since (a newer attempt owns the outcome).
+/// KEYS: stream, dead-letter stream, record hash. ARGV: group, entry id, consumer, reason, error,
+/// expected delivery count (`""` = any), attempts to report. Returns 1 when moved (also when a
+/// re-sent call finds its own earlier move), -1 not pending, -2 another owner, -3 delivered again
+/// since (a newer attempt owns the outcome), -4 deleted while pending (acknowledged away).
 const DEAD_LETTER_LUA: &str = r#"
 local c = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if c == -1 then
+  if recently_dead(KEYS[2], ARGV[2], ARGV[3]) then return 1 end
+  redis.call('HDEL', KEYS[3], ARGV[2])
+  return -1
+end
 if c < 0 then return c end
 if ARGV[6] ~= '' and c ~= tonumber(ARGV[6]) then return -3 end
-dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], c)
+if not dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]) then
+  return -4
+end
 return 1
 "#;
 
-/// Schedules a retry of an entry this consumer owns, fenced by owner and delivery count: records
-/// `due|error` in the retry hash (due on Redis's clock) and renews the lease.
+/// Schedules a retry of an entry this consumer owns, fenced by owner and delivery count: writes an
+/// `r` attempt record (due on Redis's clock) and renews the lease.
 ///
-/// KEYS: stream, retry hash. ARGV: group, entry id, consumer, delivery count, delay ms, error.
-/// Returns the due time (ms), or -1/-2/-3 as for the dead-letter script.
+/// KEYS: stream, record hash. ARGV: group, entry id, consumer, delivery count, delay ms, error,
+/// attempts charged so far (this one included). Returns the due time (ms), or -1/-2/-3/-4 as for
+/// the dead-letter script.
 const RETRY_LUA: &str = r#"
 local c = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
-if c < 0 then return c end
+if c < 0 then
+  if c == -1 then redis.call('HDEL', KEYS[2], ARGV[2]) end
+  return c
+end
 if c ~= tonumber(ARGV[4]) then return -3 end
+local r = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+if #r == 0 then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  return -4
+end
 local due = now_ms() + tonumber(ARGV[5])
-redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', due) .. '|' .. ARGV[6])
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+redis.call('HSET', KEYS[2], ARGV[2], make_record('r', tonumber(ARGV[7]), '', due, ARGV[6]))
 return due
 "#;
 
-/// Takes an entry this consumer holds (claimed or waiting for its retry) for a new attempt: checks
-/// the attempt limit first (R-4.5) and dead-letters instead of running when it is used up;
-/// otherwise claims it with a delivery-count bump and returns the entry.
+/// Takes an entry this consumer holds (claimed, read, or waiting for its retry) for a new attempt.
 ///
-/// KEYS: stream, dead-letter stream, retry hash. ARGV: group, entry id, consumer, max attempts.
-/// Returns `{1, count, fields}` to run, `{0, attempts, event id}` when dead-lettered, `{-1}`/`{-2}` when not
-/// ours, `{-3}` when the entry was deleted while pending (acknowledged away).
+/// Idempotent per attempt token: a take re-sent after its reply was lost finds its own `s`/`m`
+/// record and returns the same attempt instead of counting another delivery. An entry whose last
+/// attempt ended without an outcome (no record after a delivery, or an `s`/`m` record) is a
+/// suspect: it must run alone in its process (ARGV solo = 1), else the script answers `{4}`. Only
+/// attempts that ran alone or ended with an outcome are charged. The attempt limit is checked
+/// before running; an entry whose retry is not due yet is left alone (`{2, ms left}`).
+///
+/// KEYS: stream, dead-letter stream, record hash. ARGV: group, entry id, consumer, max attempts,
+/// attempt token, solo (0/1), fresh (1 = the caller knows the last delivery never started).
+/// Returns `{1, delivery count, attempt, fields}` to run, `{0, attempts, event id}` when
+/// dead-lettered, `{2, ms}` when not due, `{4}` when it must run alone, `{-1}`/`{-2}` when not
+/// ours, `{-3}` when deleted while pending (acknowledged away).
 const TAKE_LUA: &str = r#"
 local c = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if c == -1 then
+  local d = recently_dead(KEYS[2], ARGV[2], ARGV[3])
+  if d then return {0, d[1], d[2]} end
+  redis.call('HDEL', KEYS[3], ARGV[2])
+  return {-1}
+end
 if c < 0 then return {c} end
-if c + 1 > tonumber(ARGV[4]) then
-  local info = redis.call('HGET', KEYS[3], ARGV[2])
-  local err = 'no outcome: the worker stopped or lost its lease during the attempt'
-  if info then
-    local sep = string.find(info, '|', 1, true)
-    if sep then err = string.sub(info, sep + 1) end
+local rec = parse_record(redis.call('HGET', KEYS[3], ARGV[2]))
+local charged, unfinished, err = 0, false, ''
+if rec == nil then
+  charged = c - 1
+  unfinished = ARGV[7] ~= '1'
+elseif rec.kind == 's' or rec.kind == 'm' then
+  if rec.token == ARGV[5] then
+    local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+    if #e == 0 then
+      redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+      redis.call('HDEL', KEYS[3], ARGV[2])
+      return {-3}
+    end
+    return {1, c, rec.charged + 1, e[1][2]}
   end
-  local event_id = dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], 'max_attempts', err, c)
-  return {0, c, event_id}
+  charged = rec.charged
+  if rec.kind == 's' then charged = charged + 1 end
+  unfinished = true
+  err = rec.err
+else
+  charged = rec.charged or c
+  err = rec.err
+end
+if charged >= tonumber(ARGV[4]) then
+  if unfinished then
+    err = 'no outcome: the worker died, stalled or lost its lease while running the event alone'
+  end
+  local ev = dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], 'max_attempts', err, charged)
+  if ev == false then return {-3} end
+  return {0, charged, ev}
+end
+if unfinished and ARGV[6] ~= '1' then return {4} end
+if rec and rec.kind == 'r' then
+  local now = now_ms()
+  if rec.due > now then return {2, rec.due - now} end
 end
 local e = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2])
 if #e == 0 or not e[1] or not e[1][2] then
@@ -283,34 +377,48 @@ if #e == 0 or not e[1] or not e[1][2] then
   redis.call('HDEL', KEYS[3], ARGV[2])
   return {-3}
 end
-return {1, c + 1, e[1][2]}
+local kind = 'm'
+if ARGV[6] == '1' then kind = 's' end
+redis.call('HSET', KEYS[3], ARGV[2], make_record(kind, charged, ARGV[5], 0, err))
+return {1, c + 1, charged + 1, e[1][2]}
 "#;
 
 /// Renews the leases of entries this consumer still owns (XCLAIM … JUSTID resets the idle time
-/// without counting a delivery) and returns the ids it no longer owns (R-4.7, R-8.5).
+/// without counting a delivery). Returns `{lost ids, deleted ids}`: entries another consumer owns
+/// or nobody has pending any more, and entries deleted from the stream while pending (Redis 7
+/// drops those from the pending list on XCLAIM; their records go too).
 ///
-/// KEYS: stream. ARGV: group, consumer, ids…
+/// KEYS: stream, record hash. ARGV: group, consumer, ids…
 const RENEW_LUA: &str = r#"
-local lost = {}
+local lost, deleted = {}, {}
 for i = 3, #ARGV do
   local c = owned(KEYS[1], ARGV[1], ARGV[i], ARGV[2])
   if c < 0 then
     lost[#lost + 1] = ARGV[i]
+    if c == -1 then redis.call('HDEL', KEYS[2], ARGV[i]) end
   else
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    local r = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    if #r == 0 then
+      deleted[#deleted + 1] = ARGV[i]
+      redis.call('HDEL', KEYS[2], ARGV[i])
+    end
   end
 end
-return lost
+return {lost, deleted}
 "#;
 
-/// Makes entries this consumer still owns reclaimable at once (R-4.8): idle far beyond any
-/// visibility timeout, no delivery counted. Entries another consumer owns are left alone.
+/// Makes entries this consumer still owns reclaimable at once: idle far beyond any visibility
+/// timeout, no delivery counted. Entries another consumer owns are left alone. Each id comes with
+/// a record to write (`''` = keep the record as it is), so the next taker knows how the entry
+/// was left (not started, or abandoned while running).
 ///
-/// KEYS: stream. ARGV: group, consumer, ids…  Returns how many were released.
+/// KEYS: stream, record hash. ARGV: group, consumer, then id, record pairs. Returns how many were
+/// released.
 const RELEASE_LUA: &str = r#"
 local n = 0
-for i = 3, #ARGV do
+for i = 3, #ARGV - 1, 2 do
   if owned(KEYS[1], ARGV[1], ARGV[i], ARGV[2]) >= 0 then
+    if ARGV[i + 1] ~= '' then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', 4294967295, 'JUSTID')
     n = n + 1
   end

@@ -33,7 +33,29 @@ pub enum StartFrom {
     NewEvents,
 }
 
+/// What a group does with entries of an event type none of its handlers knows.
+///
+/// A stream usually carries several event types of one aggregate, and a group often handles only
+/// some of them, so the default is [`Skip`](UnknownTypes::Skip): such entries are acknowledged
+/// without running, counted in `streambus_skipped_total{reason="unknown_type"}` and logged at
+/// `warn` (at most once a minute per type). Choose [`DeadLetter`](UnknownTypes::DeadLetter) for a
+/// group that must handle every event of its stream: an entry of a type renamed in a rolling
+/// deploy, or published by a newer producer, then waits in the dead-letter stream (reason
+/// `unknown_type`) to be replayed once a worker that knows it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UnknownTypes {
+    /// Acknowledge without running; counted and logged.
+    #[default]
+    Skip,
+    /// Move to the group's dead-letter stream with reason `unknown_type`.
+    DeadLetter,
+}
+
 /// Settings of one subscriber (one consumer group on one stream).
+///
+/// Several subscribers (of different event types of one stream) may share a group in one worker:
+/// they then share one reader and one concurrency budget, and their options must be equal.
 ///
 /// ```
 /// use bus_core::SubscriberOptions;
@@ -59,6 +81,9 @@ pub struct SubscriberOptions {
     track_status: bool,
     status_ttl: Duration,
     status_safety_ttl: Duration,
+    handler_timeout: Option<Duration>,
+    unknown_types: UnknownTypes,
+    max_held: Option<usize>,
 }
 
 impl SubscriberOptions {
@@ -78,6 +103,9 @@ impl SubscriberOptions {
             track_status: false,
             status_ttl: Duration::from_secs(24 * 3600),
             status_safety_ttl: Duration::from_secs(7 * 24 * 3600),
+            handler_timeout: None,
+            unknown_types: UnknownTypes::Skip,
+            max_held: None,
         }
     }
 
@@ -190,6 +218,52 @@ impl SubscriberOptions {
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = n;
         self
+    }
+
+    /// Longest one attempt may run (default: no limit). A handler still running then is abandoned
+    /// (its future is dropped) and the attempt counts as failed: it is retried with backoff, or
+    /// dead-lettered with reason `timeout` when it was the last. Set it for handlers that call
+    /// services which may hang: a hung handler otherwise holds its slot for good.
+    #[must_use]
+    pub fn handler_timeout(mut self, limit: Duration) -> Self {
+        self.handler_timeout = Some(limit);
+        self
+    }
+
+    /// The handler timeout, if any.
+    pub fn get_handler_timeout(&self) -> Option<Duration> {
+        self.handler_timeout
+    }
+
+    /// What the group does with event types none of its handlers knows (default
+    /// [`UnknownTypes::Skip`]).
+    #[must_use]
+    pub fn unknown_types(mut self, policy: UnknownTypes) -> Self {
+        self.unknown_types = policy;
+        self
+    }
+
+    /// The unknown-type policy.
+    pub fn get_unknown_types(&self) -> UnknownTypes {
+        self.unknown_types
+    }
+
+    /// Most entries one worker holds for this group at once: running, waiting for a slot, and
+    /// waiting for a retry (default `2 × concurrency + prefetch`). When every handler fails (a
+    /// downstream outage), failed entries wait for their retries inside the worker; this bound
+    /// keeps the rest of the backlog in the stream, where other workers can take it, and keeps
+    /// the worker's memory and lease renewals bounded.
+    #[must_use]
+    pub fn max_held(mut self, n: usize) -> Self {
+        self.max_held = Some(n);
+        self
+    }
+
+    /// The bound on held entries.
+    pub fn get_max_held(&self) -> usize {
+        self.max_held
+            .unwrap_or(2 * self.concurrency + self.prefetch)
+            .max(1)
     }
 
     /// The read-ahead allowance.

@@ -1,6 +1,9 @@
-//! Batched acknowledgements: one task per subscriber collects the ids of handled entries and sends
-//! them in as few `XACK`s as possible. While one `XACK` is in flight the next batch accumulates, so
-//! an idle worker acks at once and a busy one acks hundreds of ids per round trip.
+//! Batched acknowledgements: one task per lane collects the ids of handled entries and sends them
+//! in as few `XACK`s as possible. While one `XACK` is in flight the next batch accumulates, so an
+//! idle worker acks at once and a busy one acks hundreds of ids per round trip.
+//!
+//! Entries that carried an attempt record (they were retried or reclaimed) have it deleted in the
+//! same pipeline, so no record outlives its entry.
 
 use std::time::{Duration, Instant};
 
@@ -12,51 +15,79 @@ use crate::error::Error;
 
 /// Most ids in one XACK.
 const MAX_BATCH: usize = 1024;
+/// Most acknowledgements waiting to be sent; handlers wait for room beyond that (the channel is
+/// bounded so a Redis that stops answering cannot grow it without limit).
+const CAPACITY: usize = 4 * MAX_BATCH;
 /// How long a batch is retried on connection errors before it is given up (the entries then stay
 /// pending and are delivered again after the visibility timeout: at-least-once still holds).
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
+struct Ack {
+    id: String,
+    has_record: bool,
+}
+
 #[derive(Debug, Clone)]
-pub(crate) struct AckSender(mpsc::UnboundedSender<String>);
+pub(crate) struct AckSender(mpsc::Sender<Ack>);
 
 impl AckSender {
-    pub(crate) fn ack(&self, id: String) {
-        if self.0.send(id).is_err() {
+    /// Queues an acknowledgement; `has_record` also deletes the entry's attempt record.
+    pub(crate) async fn ack(&self, id: String, has_record: bool) {
+        if self.0.send(Ack { id, has_record }).await.is_err() {
             tracing::error!("ack channel closed; the entry will be redelivered");
         }
     }
 }
 
-/// Starts the ack task. It ends once every [`AckSender`] is dropped and all acks are flushed.
-pub(crate) fn spawn(client: Client, key: String, group: String) -> (AckSender, JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+/// Starts the ack task for one lane. It ends once every [`AckSender`] is dropped and all acks are
+/// flushed.
+pub(crate) fn spawn(
+    client: Client,
+    key: String,
+    records: String,
+    group: String,
+) -> (AckSender, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Ack>(CAPACITY);
     let task = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(64);
-        while let Some(id) = rx.recv().await {
-            batch.push(id);
+        while let Some(ack) = rx.recv().await {
+            batch.push(ack);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(id) => batch.push(id),
+                    Ok(ack) => batch.push(ack),
                     Err(_) => break,
                 }
             }
-            flush(&client, &key, &group, &mut batch).await;
+            flush(&client, &key, &records, &group, &batch).await;
+            batch.clear();
         }
     });
     (AckSender(tx), task)
 }
 
-async fn flush(client: &Client, key: &str, group: &str, batch: &mut Vec<String>) {
+async fn flush(client: &Client, key: &str, records: &str, group: &str, batch: &[Ack]) {
     let started = Instant::now();
     let mut delay = Duration::from_millis(50);
+    let ids: Vec<&str> = batch.iter().map(|a| a.id.as_str()).collect();
+    let with_records: Vec<&str> = batch
+        .iter()
+        .filter(|a| a.has_record)
+        .map(|a| a.id.as_str())
+        .collect();
     loop {
-        let ids: Vec<&str> = batch.iter().map(String::as_str).collect();
-        match client
-            .xack::<u64, _, _, _>(key, group, ids)
-            .await
-            .map_err(Error::from)
-        {
-            Ok(_) => break,
+        let result = if with_records.is_empty() {
+            client
+                .xack::<u64, _, _, _>(key, group, ids.clone())
+                .await
+                .map(|_| ())
+        } else {
+            let p = client.pipeline();
+            let _: std::result::Result<(), _> = p.xack(key, group, ids.clone()).await;
+            let _: std::result::Result<(), _> = p.hdel(records, with_records.clone()).await;
+            p.all::<Vec<u64>>().await.map(|_| ())
+        };
+        match result.map_err(Error::from) {
+            Ok(()) => break,
             Err(e) if e.is_connection() && started.elapsed() < RETRY_FOR => {
                 tracing::warn!(error = %e, pending = batch.len(), "XACK failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -72,5 +103,4 @@ async fn flush(client: &Client, key: &str, group: &str, batch: &mut Vec<String>)
             }
         }
     }
-    batch.clear();
 }

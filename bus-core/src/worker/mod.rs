@@ -1,22 +1,43 @@
 //! The worker runtime: runs any number of subscribers (several groups, several streams) in one
 //! process.
 //!
-//! Per subscriber: the group is created if missing (R-4.2); one task reads with `XREADGROUP …
-//! BLOCK` on a connection used only for that (R-4.3) and never reads more entries than it has free
-//! handler slots (`concurrency`); each entry runs in its own task (panics are caught); successes
-//! are acknowledged in batches; undecodable entries and rejected events go to the group's
-//! dead-letter stream at once.
+//! Subscribers are grouped by (stream, group): the handlers of one group (one per event type)
+//! share one reader, one concurrency budget and one set of options. Per group:
+//!
+//! | module | concern |
+//! |---|---|
+//! | `lifecycle` | create the group, start its tasks, shut it down |
+//! | `read` | the reader connection and read loop (back-pressure, read-ahead, lost reads) |
+//! | `take` | taking a held entry for its next attempt (retries, reclaimed entries) |
+//! | `attempt` | running one attempt and settling its typed outcome |
+//! | `reclaim` | the pending-entry scanner and consumer reaping |
+//! | `lease` | lease renewal and release at shutdown |
+//! | `state` | the held-entry table and its typed states |
+//! | `fenced` | the fenced per-entry Redis scripts with typed replies |
+//! | `gate` | the process-wide gate that lets a suspect run alone |
+//! | `pool`, `acker` | handler tasks; batched acknowledgements |
+//! | `handlers`, `outcome` | dispatch by event type; outcomes and dead-letter reasons |
 
 mod acker;
-mod consumer;
+mod attempt;
+mod fenced;
+mod gate;
+mod group;
+mod handlers;
+mod lease;
+mod lifecycle;
+mod outcome;
+mod pool;
+mod read;
+mod reclaim;
+mod state;
+mod take;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -24,48 +45,12 @@ use fred::prelude::*;
 use fred::types::ClientUnblockFlag;
 
 use crate::bus::Bus;
-use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::names::validate_name;
-use crate::subscriber::{Configured, Context, HandlerResult, Subscriber, SubscriberOptions};
-
-/// What running one entry through a subscriber gave.
-pub(crate) enum Dispatch {
-    Done(HandlerResult),
-    Undecodable(String),
-}
-
-/// A subscriber with its event type erased, so one worker can hold many.
-pub(crate) trait Erased: Send + Sync + 'static {
-    fn stream(&self) -> &'static str;
-    fn event_name(&self) -> &'static str;
-    fn options(&self) -> SubscriberOptions;
-    fn dispatch(&self, envelope: Envelope, ctx: Context) -> BoxFuture<'_, Dispatch>;
-}
-
-impl<S: Subscriber> Erased for S {
-    fn stream(&self) -> &'static str {
-        <S::Event as Event>::STREAM
-    }
-
-    fn event_name(&self) -> &'static str {
-        <S::Event as Event>::NAME
-    }
-
-    fn options(&self) -> SubscriberOptions {
-        Subscriber::options(self)
-    }
-
-    fn dispatch(&self, envelope: Envelope, ctx: Context) -> BoxFuture<'_, Dispatch> {
-        Box::pin(async move {
-            match envelope.codec.decode::<S::Event>(&envelope.payload) {
-                Ok(event) => Dispatch::Done(self.handle(event, ctx).await),
-                Err(e) => Dispatch::Undecodable(e.to_string()),
-            }
-        })
-    }
-}
+use crate::subscriber::{Configured, Subscriber, SubscriberOptions};
+use gate::SoloGate;
+use handlers::{DynHandler, HandlerSet};
+use lifecycle::GroupRunner;
 
 /// A worker process's set of subscribers. Build it with [`Bus::worker`], add subscribers, then
 /// [`run`](Worker::run) it (or [`start`](Worker::start) it and keep the handle).
@@ -92,7 +77,7 @@ impl<S: Subscriber> Erased for S {
 /// ```
 pub struct Worker {
     bus: Bus,
-    subs: Vec<Arc<dyn Erased>>,
+    subs: Vec<Arc<dyn DynHandler>>,
     consumer: Option<String>,
     settings: WorkerSettings,
 }
@@ -237,46 +222,47 @@ impl Worker {
                 "a worker needs at least one subscriber".into(),
             ));
         }
-        let mut seen = HashSet::new();
         for sub in &self.subs {
-            let opts = sub.options();
             validate_name("stream", sub.stream())?;
-            validate_name("group", opts.group())?;
+            validate_name("group", sub.options().group())?;
+        }
+        let sets = HandlerSet::group_all(self.subs)?;
+        for set in &sets {
+            let opts = set.options();
+            let what = format!("group {} on stream {}", opts.group(), set.stream());
             if opts.get_concurrency() == 0 {
                 return Err(Error::Config(format!(
-                    "subscriber {}/{}: concurrency must be at least 1",
-                    sub.stream(),
-                    opts.group()
+                    "{what}: concurrency must be at least 1"
                 )));
             }
             if opts.get_max_attempts() == 0 {
                 return Err(Error::Config(format!(
-                    "subscriber {}/{}: max_attempts must be at least 1",
-                    sub.stream(),
-                    opts.group()
+                    "{what}: max_attempts must be at least 1"
                 )));
             }
-            if !seen.insert((sub.stream(), opts.group().to_owned())) {
+            if opts.get_handler_timeout().is_some_and(|t| t.is_zero()) {
                 return Err(Error::Config(format!(
-                    "two subscribers for stream {} and group {} in one worker",
-                    sub.stream(),
-                    opts.group()
+                    "{what}: handler_timeout must be above zero"
                 )));
             }
         }
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut subs = Vec::with_capacity(self.subs.len());
-        for sub in self.subs {
-            let rt = consumer::Runtime::prepare(
+        // One gate for the whole process: a suspect runs alone among every group's handlers.
+        let gate = SoloGate::default();
+        let consumer_name: Arc<str> = Arc::from(consumer.as_str());
+        let mut subs = Vec::with_capacity(sets.len());
+        for set in sets {
+            let prepared = GroupRunner::prepare(
                 &self.bus,
-                sub,
-                Arc::from(consumer.as_str()),
+                set,
+                consumer_name.clone(),
                 self.settings.clone(),
+                gate.clone(),
                 stop_rx.clone(),
             )
             .await;
-            match rt {
+            match prepared {
                 Ok(rt) => subs.push(rt),
                 Err(e) => {
                     for rt in subs {

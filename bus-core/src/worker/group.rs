@@ -1,0 +1,237 @@
+//! One consumer group in one worker: its keys, its handlers, and the components its tasks share
+//! (held-entry table, slots, acks, handler pool). The tasks themselves live in `read`, `take`,
+//! `attempt`, `reclaim` and `lease`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use tokio::sync::{watch, Semaphore};
+
+use super::acker::AckSender;
+use super::gate::SoloGate;
+use super::handlers::HandlerSet;
+use super::pool::Pool;
+use super::state::{HeldTable, Lane};
+use super::WorkerSettings;
+use crate::bus::Bus;
+use crate::metrics::SubscriberMetrics;
+use crate::names::Priority;
+use crate::status::{self, State, StatusWrite};
+use crate::subscriber::{ContextNames, SubscriberOptions};
+
+/// The keys of one priority lane.
+pub(crate) struct LaneKeys {
+    /// The lane's stream.
+    pub(crate) stream: String,
+    /// The group's attempt records for entries of this lane.
+    pub(crate) records: String,
+}
+
+/// The Redis keys a group works on.
+pub(crate) struct GroupKeys {
+    /// Per lane, highest priority first.
+    pub(crate) lanes: Vec<LaneKeys>,
+    pub(crate) dead_letters: String,
+}
+
+impl GroupKeys {
+    pub(crate) fn new(bus: &Bus, stream: &str, group: &str) -> Self {
+        let keys = bus.keys(stream);
+        GroupKeys {
+            lanes: Priority::ALL
+                .iter()
+                .map(|p| LaneKeys {
+                    stream: keys.lane(*p),
+                    records: keys.lane_retries(*p, group),
+                })
+                .collect(),
+            dead_letters: keys.dead_letter(group),
+        }
+    }
+
+    pub(crate) fn lane_of(&self, stream_key: &str) -> Option<Lane> {
+        self.lanes.iter().position(|l| l.stream == stream_key)
+    }
+}
+
+/// Everything the tasks of one group share.
+pub(crate) struct Group {
+    pub(crate) handlers: HandlerSet,
+    pub(crate) keys: GroupKeys,
+    pub(crate) consumer: Arc<str>,
+    /// Stream, group and consumer names every delivery's context shares.
+    pub(crate) names: ContextNames,
+    pub(crate) bus: Bus,
+    pub(crate) client: Client,
+    pub(crate) settings: WorkerSettings,
+    pub(crate) held: HeldTable,
+    /// One permit per concurrency slot.
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) gate: SoloGate,
+    /// Per lane; taken (closed) at shutdown once handlers are done.
+    pub(crate) acks: Mutex<Option<Vec<AckSender>>>,
+    pub(crate) pool: Pool,
+    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) metrics: SubscriberMetrics,
+    /// When an unknown event type was last logged, per type (the log is rate-limited).
+    unknown_logged: Mutex<HashMap<String, Instant>>,
+}
+
+impl Group {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        handlers: HandlerSet,
+        keys: GroupKeys,
+        consumer: Arc<str>,
+        bus: &Bus,
+        settings: WorkerSettings,
+        gate: SoloGate,
+        acks: Vec<AckSender>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let opts = handlers.options();
+        let names = ContextNames::new(handlers.stream(), opts.group(), &consumer);
+        let metrics = SubscriberMetrics::new(handlers.stream(), opts.group());
+        let lanes = keys.lanes.len();
+        Group {
+            slots: Arc::new(Semaphore::new(opts.get_concurrency())),
+            pool: Pool::new(opts.get_concurrency()),
+            held: HeldTable::new(lanes),
+            names,
+            metrics,
+            consumer,
+            bus: bus.clone(),
+            client: bus.inner.client.clone(),
+            settings,
+            gate,
+            acks: Mutex::new(Some(acks)),
+            stop,
+            keys,
+            handlers,
+            unknown_logged: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn opts(&self) -> &SubscriberOptions {
+        self.handlers.options()
+    }
+
+    pub(crate) fn group(&self) -> &str {
+        self.opts().group()
+    }
+
+    pub(crate) fn stream(&self) -> &'static str {
+        self.handlers.stream()
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    pub(crate) fn vt(&self) -> Duration {
+        self.opts().get_visibility_timeout()
+    }
+
+    pub(crate) fn lanes(&self) -> std::ops::Range<Lane> {
+        0..self.keys.lanes.len()
+    }
+
+    pub(crate) fn lane(&self, lane: Lane) -> &LaneKeys {
+        &self.keys.lanes[lane]
+    }
+
+    /// Room for more held entries (see [`SubscriberOptions::max_held`]).
+    pub(crate) fn room(&self) -> usize {
+        self.opts().get_max_held().saturating_sub(self.held.len())
+    }
+
+    /// Queues an acknowledgement on the lane's acker.
+    pub(crate) async fn ack(&self, lane: Lane, id: String, has_record: bool) {
+        let sender = self
+            .acks
+            .lock()
+            .ok()
+            .and_then(|a| a.as_ref().and_then(|a| a.get(lane).cloned()));
+        match sender {
+            Some(s) => s.ack(id, has_record).await,
+            None => {
+                tracing::error!(entry_id = %id, "acks are closed; the entry will be redelivered")
+            }
+        }
+    }
+
+    /// Backoff before the attempt after `attempt`: exponential from `backoff_min`, capped at
+    /// `backoff_max`, with "equal jitter" (a random point in the upper half).
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let (lo, hi) = self.opts().get_backoff();
+        let exp = attempt.saturating_sub(1).min(31);
+        let base = lo.saturating_mul(1u32 << exp).min(hi);
+        let r = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;
+        base.mul_f64(0.5 + 0.5 * r).clamp(lo.min(hi), hi)
+    }
+
+    /// Whether to log an unknown event type now (at most once a minute per type).
+    pub(crate) fn log_unknown_now(&self, event_type: &str) -> bool {
+        let Ok(mut logged) = self.unknown_logged.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        match logged.get(event_type) {
+            Some(at) if now.duration_since(*at) < Duration::from_secs(60) => false,
+            _ => {
+                if logged.len() > 1000 {
+                    logged.clear();
+                }
+                logged.insert(event_type.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    /// Writes this group's status for an event, if the group tracks status. A failed write is
+    /// logged and does not change how the event is handled.
+    pub(crate) async fn record_status(
+        &self,
+        event_id: &str,
+        state: State,
+        attempts: u32,
+        error: Option<&str>,
+        result: Option<&[u8]>,
+    ) {
+        if !self.opts().get_track_status() || event_id.is_empty() {
+            return;
+        }
+        let w = StatusWrite {
+            state,
+            attempts,
+            error,
+            result,
+        };
+        if let Err(e) = status::write(
+            &self.bus,
+            self.stream(),
+            self.group(),
+            event_id,
+            w,
+            self.opts().get_status_ttl(),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, event_id, "cannot record the event's status");
+        }
+    }
+}
+
+/// Sleeps for `d`, or less when the stop flag is set meanwhile. False when stopped.
+pub(crate) async fn sleep_unless_stopped(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    let slept = tokio::select! {
+        () = tokio::time::sleep(d) => true,
+        _ = stop.wait_for(|s| *s) => false,
+    };
+    slept && !*stop.borrow()
+}
