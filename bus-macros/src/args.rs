@@ -22,9 +22,10 @@ pub(crate) struct SubscriberArgs {
     pub(crate) start_new: Option<Spanned<bool>>,
     pub(crate) backoff_min_ms: Option<Spanned<u64>>,
     pub(crate) backoff_max_ms: Option<Spanned<u64>>,
+    pub(crate) timeout_ms: Option<Spanned<u64>>,
 }
 
-const KNOWN: &str = "group, concurrency, max_attempts, visibility_timeout, block_timeout, backoff_min, backoff_max, start";
+const KNOWN: &str = "group, concurrency, max_attempts, visibility_timeout, block_timeout, backoff_min, backoff_max, timeout, start";
 
 fn set<T>(slot: &mut Option<Spanned<T>>, key: &Ident, value: T, span: Span) -> syn::Result<()> {
     if slot.is_some() {
@@ -128,6 +129,10 @@ impl SubscriberArgs {
                     let lit: LitStr = meta.value()?.parse()?;
                     set(&mut args.backoff_max_ms, &key, duration(&lit)?, lit.span())
                 }
+                "timeout" => {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    set(&mut args.timeout_ms, &key, duration(&lit)?, lit.span())
+                }
                 "start" => {
                     let lit: LitStr = meta.value()?.parse()?;
                     let new = match lit.value().as_str() {
@@ -166,9 +171,11 @@ mod tests {
             max_attempts = 5,
             visibility_timeout = "30s",
             block_timeout = "500ms",
+            timeout = "2m",
             start = "new"
         ))
         .expect("parse");
+        assert_eq!(a.timeout_ms.as_ref().map(|v| v.value), Some(120_000));
         assert_eq!(a.group.map(|g| g.value).as_deref(), Some("billing"));
         assert_eq!(a.concurrency.map(|v| v.value), Some(16));
         assert_eq!(a.max_attempts.map(|v| v.value), Some(5));

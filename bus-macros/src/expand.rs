@@ -65,6 +65,10 @@ fn generate(a: &SubscriberArgs, c: &Checked, f: &ItemFn) -> TokenStream {
         let ms = v.value;
         setters.push(quote!(.backoff_max(#p::Duration::from_millis(#ms))));
     }
+    if let Some(v) = &a.timeout_ms {
+        let ms = v.value;
+        setters.push(quote!(.handler_timeout(#p::Duration::from_millis(#ms))));
+    }
     if let Some(v) = &a.start_new {
         if v.value {
             setters.push(quote!(.start_from(::bus_core::StartFrom::NewEvents)));

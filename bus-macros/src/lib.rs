@@ -16,8 +16,11 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// Options: `group` (required), `concurrency`, `max_attempts`, and the durations
-/// `visibility_timeout`, `block_timeout`, `backoff_min`, `backoff_max` (written like `"500ms"`,
-/// `"30s"`, `"5m"`, `"1h"`, `"1m30s"`), and `start` (`"beginning"` or `"new"`). The first argument is the event (by value); an optional second one
+/// `visibility_timeout`, `block_timeout`, `backoff_min`, `backoff_max`, `timeout` (the handler
+/// timeout; written like `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1m30s"`), and `start`
+/// (`"beginning"` or `"new"`). Several handlers of different event types may name the same
+/// group: registered in one worker, they share its reader and concurrency (their options must
+/// then be equal). The first argument is the event (by value); an optional second one
 /// is `&Context`. The function stays callable as written; the macro adds a companion type of the
 /// same name whose `subscriber()` returns the value to register: `worker.subscribe(charge::subscriber())`.
 ///

@@ -81,6 +81,11 @@ pub(crate) fn check(args: &SubscriberArgs, f: &ItemFn, attr_span: Span) -> syn::
             errors.push(syn::Error::new(b.span, "block_timeout must be positive"));
         }
     }
+    if let Some(t) = &args.timeout_ms {
+        if t.value == 0 {
+            errors.push(syn::Error::new(t.span, "timeout must be positive"));
+        }
+    }
 
     if let (Some(lo), Some(hi)) = (&args.backoff_min_ms, &args.backoff_max_ms) {
         if lo.value > hi.value {

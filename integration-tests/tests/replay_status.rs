@@ -127,7 +127,7 @@ fn entry_id(id: &str) -> (u64, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the worker to check `to` before decoding"]
+
 async fn an_undecodable_dead_letter_is_replayed_to_its_group_only() {
     let env = TestEnv::new("replayto").await;
     let ok = |group: &str| {

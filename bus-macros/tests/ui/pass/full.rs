@@ -15,6 +15,7 @@ pub struct OrderPlaced {
     block_timeout = "500ms",
     backoff_min = "100ms",
     backoff_max = "1m",
+    timeout = "45s",
     start = "new"
 )]
 pub async fn charge(event: OrderPlaced, ctx: &Context) -> Result<(), HandlerError> {
@@ -39,6 +40,7 @@ fn main() {
     assert_eq!(o.get_block_timeout(), std::time::Duration::from_millis(500));
     assert_eq!(o.get_backoff(), (std::time::Duration::from_millis(100), std::time::Duration::from_secs(60)));
     assert_eq!(o.get_start_from(), bus_core::StartFrom::NewEvents);
+    assert_eq!(o.get_handler_timeout(), Some(std::time::Duration::from_secs(45)));
     assert_eq!(without_context::subscriber().options().group(), "email");
     assert_eq!(returns_unit::subscriber().options().get_concurrency(), 16);
     assert_eq!(<OrderPlaced as Event>::NAME, "order.placed");
