@@ -202,9 +202,9 @@ pub(crate) async fn eval(
 ///
 /// `dead_letter` copies the original fields into the dead-letter stream after the metadata and
 /// acknowledges the entry, in the same script; an entry deleted while pending is acknowledged away
-/// instead (false), so no empty dead letter is ever written. `recently_dead` finds a dead letter
-/// this consumer wrote for an entry among the newest ones: a script re-sent after its reply was
-/// lost then reports what the first run did.
+/// instead (false), so no empty dead letter is ever written. Either way it leaves a marker
+/// (`<dead-letter stream>:moved:<entry id>`, 10 minutes) saying who settled the entry and how, so
+/// a script re-sent after its reply was lost finds what the first run did (`recently_settled`).
 const LUA_PRELUDE: &str = r#"
 local function owned(stream, group, id, me)
   local p = redis.call('XPENDING', stream, group, id, id, 1)
@@ -230,11 +230,14 @@ local function make_record(kind, charged, token, due, err)
   return '2|' .. kind .. '|' .. string.format('%d', charged) .. '|' .. token .. '|' ..
     string.format('%d', due) .. '|' .. err
 end
-local function dead_letter(stream, dlq, records, group, id, me, reason, err, attempts)
+local function dead_letter(stream, dlq, records, marker, group, id, me, reason, err, attempts)
   local e = redis.call('XRANGE', stream, id, id)
   redis.call('XACK', stream, group, id)
   redis.call('HDEL', records, id)
-  if #e == 0 then return false end
+  if #e == 0 then
+    redis.call('SET', marker, 'd|' .. me .. '|0|', 'EX', 600)
+    return false
+  end
   local args = {'XADD', dlq, '*',
     'dl.group', group, 'dl.entry_id', id, 'dl.attempts', tostring(attempts),
     'dl.reason', reason, 'dl.error', err, 'dl.failed_at', string.format('%d', now_ms()),
@@ -248,42 +251,39 @@ local function dead_letter(stream, dlq, records, group, id, me, reason, err, att
   if n > 7000 then n = 7000; args[#args + 1] = 'dl.truncated'; args[#args + 1] = '1' end
   for i = 1, n do args[#args + 1] = f[i] end
   redis.call(unpack(args))
+  redis.call('SET', marker, 'm|' .. me .. '|' .. tostring(attempts) .. '|' .. event_id, 'EX', 600)
   return event_id
 end
-local function recently_dead(dlq, id, me)
-  local rows = redis.call('XREVRANGE', dlq, '+', '-', 'COUNT', 16)
-  for _, row in ipairs(rows) do
-    local f = row[2]
-    local entry, consumer, attempts, event_id = nil, nil, 0, ''
-    for i = 1, #f - 1, 2 do
-      local k = f[i]
-      if k == 'dl.entry_id' then entry = f[i + 1]
-      elseif k == 'dl.consumer' then consumer = f[i + 1]
-      elseif k == 'dl.attempts' then attempts = tonumber(f[i + 1]) or 0
-      elseif k == 'id' and event_id == '' then event_id = f[i + 1] end
-    end
-    if entry == id and consumer == me then return {attempts, event_id} end
-  end
-  return nil
+local function recently_settled(marker, me)
+  local v = redis.call('GET', marker)
+  if not v then return nil end
+  local kind, who, attempts, event_id = string.match(v, '^(%a)|([^|]*)|(%d+)|(.*)$')
+  if who ~= me then return nil end
+  return {kind = kind, attempts = tonumber(attempts), event_id = event_id}
 end
 "#;
 
 /// Dead-letters an entry this consumer owns, fenced by owner and delivery count.
 ///
-/// KEYS: stream, dead-letter stream, record hash. ARGV: group, entry id, consumer, reason, error,
-/// expected delivery count (`""` = any), attempts to report. Returns 1 when moved (also when a
-/// re-sent call finds its own earlier move), -1 not pending, -2 another owner, -3 delivered again
-/// since (a newer attempt owns the outcome), -4 deleted while pending (acknowledged away).
+/// KEYS: stream, dead-letter stream, record hash, settled marker. ARGV: group, entry id, consumer,
+/// reason, error, expected delivery count (`""` = any), attempts to report. Returns 1 when moved
+/// (also when a re-sent call finds its own earlier move), -1 not pending, -2 another owner, -3
+/// delivered again since (a newer attempt owns the outcome), -4 deleted while pending
+/// (acknowledged away).
 const DEAD_LETTER_LUA: &str = r#"
 local c = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 if c == -1 then
-  if recently_dead(KEYS[2], ARGV[2], ARGV[3]) then return 1 end
+  local done = recently_settled(KEYS[4], ARGV[3])
+  if done then
+    if done.kind == 'd' then return -4 end
+    return 1
+  end
   redis.call('HDEL', KEYS[3], ARGV[2])
   return -1
 end
 if c < 0 then return c end
 if ARGV[6] ~= '' and c ~= tonumber(ARGV[6]) then return -3 end
-if not dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]) then
+if not dead_letter(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]) then
   return -4
 end
 return 1
@@ -321,16 +321,20 @@ return due
 /// attempts that ran alone or ended with an outcome are charged. The attempt limit is checked
 /// before running; an entry whose retry is not due yet is left alone (`{2, ms left}`).
 ///
-/// KEYS: stream, dead-letter stream, record hash. ARGV: group, entry id, consumer, max attempts,
-/// attempt token, solo (0/1), fresh (1 = the caller knows the last delivery never started).
+/// KEYS: stream, dead-letter stream, record hash, settled marker. ARGV: group, entry id,
+/// consumer, max attempts, attempt token, solo (0/1), fresh (1 = the caller knows the last
+/// delivery never started).
 /// Returns `{1, delivery count, attempt, fields}` to run, `{0, attempts, event id}` when
 /// dead-lettered, `{2, ms}` when not due, `{4}` when it must run alone, `{-1}`/`{-2}` when not
 /// ours, `{-3}` when deleted while pending (acknowledged away).
 const TAKE_LUA: &str = r#"
 local c = owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 if c == -1 then
-  local d = recently_dead(KEYS[2], ARGV[2], ARGV[3])
-  if d then return {0, d[1], d[2]} end
+  local done = recently_settled(KEYS[4], ARGV[3])
+  if done then
+    if done.kind == 'd' then return {-3} end
+    return {0, done.attempts, done.event_id}
+  end
   redis.call('HDEL', KEYS[3], ARGV[2])
   return {-1}
 end
@@ -362,7 +366,7 @@ if charged >= tonumber(ARGV[4]) then
   if unfinished then
     err = 'no outcome: the worker died, stalled or lost its lease while running the event alone'
   end
-  local ev = dead_letter(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], 'max_attempts', err, charged)
+  local ev = dead_letter(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], 'max_attempts', err, charged)
   if ev == false then return {-3} end
   return {0, charged, ev}
 end
@@ -417,10 +421,13 @@ return {lost, deleted}
 const RELEASE_LUA: &str = r#"
 local n = 0
 for i = 3, #ARGV - 1, 2 do
-  if owned(KEYS[1], ARGV[1], ARGV[i], ARGV[2]) >= 0 then
+  local c = owned(KEYS[1], ARGV[1], ARGV[i], ARGV[2])
+  if c >= 0 then
     if ARGV[i + 1] ~= '' then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', 4294967295, 'JUSTID')
     n = n + 1
+  elseif c == -1 then
+    redis.call('HDEL', KEYS[2], ARGV[i])
   end
 end
 return n

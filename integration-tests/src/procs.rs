@@ -1,8 +1,8 @@
 //! Real worker processes for fault tests: the `test_worker` binary, its ledger, and signals.
 //!
 //! Each worker process appends to its own ledger file (one line per observation, written with
-//! `O_APPEND` before the entry is acknowledged): `start <n> <attempt> <pid>` when a handler
-//! starts, `done <n> <attempt> <pid>` when it finished its side effect.
+//! `O_APPEND` before the entry is acknowledged): `start <n> <attempt> <pid> <group>` when a
+//! handler starts, `done <n> <attempt> <pid> <group>` when it finished its side effect.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -25,6 +25,10 @@ pub struct Task {
     pub poison: bool,
     /// The handler returns an error on its first `fail_times` attempts.
     pub fail_times: u32,
+    /// The handler hangs (never returns) on its first `hang_times` attempts: the subscriber's
+    /// handler timeout ends them.
+    #[serde(default)]
+    pub hang_times: u32,
 }
 
 impl Task {
@@ -35,6 +39,7 @@ impl Task {
             slow_ms: 0,
             poison: false,
             fail_times: 0,
+            hang_times: 0,
         }
     }
 }
@@ -52,6 +57,12 @@ pub struct WorkerArgs {
     pub grace: Duration,
     pub mover_interval: Duration,
     pub consumer: Option<String>,
+    /// More groups subscribed in the same process (same handler, same options).
+    pub extra_groups: Vec<String>,
+    /// The bus's command timeout (default: the library's).
+    pub command_timeout: Option<Duration>,
+    /// The handler timeout (default: none).
+    pub handler_timeout: Option<Duration>,
 }
 
 impl WorkerArgs {
@@ -67,6 +78,9 @@ impl WorkerArgs {
             grace: Duration::from_secs(10),
             mover_interval: Duration::from_millis(500),
             consumer: None,
+            extra_groups: Vec::new(),
+            command_timeout: None,
+            handler_timeout: None,
         }
     }
 }
@@ -135,6 +149,16 @@ impl WorkerProc {
             .arg(args.mover_interval.as_millis().to_string());
         if let Some(c) = &args.consumer {
             cmd.arg("--consumer").arg(c);
+        }
+        if !args.extra_groups.is_empty() {
+            cmd.arg("--more-groups").arg(args.extra_groups.join(","));
+        }
+        if let Some(t) = args.command_timeout {
+            cmd.arg("--command-timeout-ms")
+                .arg(t.as_millis().to_string());
+        }
+        if let Some(t) = args.handler_timeout {
+            cmd.arg("--timeout-ms").arg(t.as_millis().to_string());
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -216,6 +240,7 @@ pub struct LedgerLine {
     pub n: u64,
     pub attempt: u32,
     pub pid: u32,
+    pub group: String,
 }
 
 /// Reads every ledger file in `dir` (complete lines only: a SIGKILL can cut the last one).
@@ -230,13 +255,14 @@ pub fn read_ledgers(dir: &Path) -> Vec<LedgerLine> {
         };
         for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
             let p: Vec<&str> = line.split_whitespace().collect();
-            if p.len() == 4 {
+            if p.len() == 4 || p.len() == 5 {
                 if let (Ok(n), Ok(attempt), Ok(pid)) = (p[1].parse(), p[2].parse(), p[3].parse()) {
                     out.push(LedgerLine {
                         kind: p[0].to_owned(),
                         n,
                         attempt,
                         pid,
+                        group: p.get(4).map(|g| (*g).to_owned()).unwrap_or_default(),
                     });
                 }
             }
@@ -245,10 +271,22 @@ pub fn read_ledgers(dir: &Path) -> Vec<LedgerLine> {
     out
 }
 
-/// How many `done` lines each task has.
+/// How many `done` lines each task has (all groups).
 pub fn done_counts(lines: &[LedgerLine]) -> HashMap<u64, u64> {
     let mut m = HashMap::new();
     for l in lines.iter().filter(|l| l.kind == "done") {
+        *m.entry(l.n).or_default() += 1;
+    }
+    m
+}
+
+/// How many `done` lines each task has in one group.
+pub fn done_counts_in(lines: &[LedgerLine], group: &str) -> HashMap<u64, u64> {
+    let mut m = HashMap::new();
+    for l in lines
+        .iter()
+        .filter(|l| l.kind == "done" && l.group == group)
+    {
         *m.entry(l.n).or_default() += 1;
     }
     m

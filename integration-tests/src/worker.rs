@@ -3,8 +3,9 @@
 //! `chaos worker …` (so the chaos binary needs nothing else built).
 //!
 //! Arguments: `--url U --prefix P --group G --ledger FILE [--concurrency 8] [--vt-ms 1000]
-//! [--max-attempts 5] [--grace-ms 10000] [--mover-ms 500] [--consumer NAME]`. Prints
-//! `ready <consumer>` once reading; SIGTERM/Ctrl-C shut it down gracefully.
+//! [--max-attempts 5] [--grace-ms 10000] [--mover-ms 500] [--consumer NAME] [--more-groups A,B]
+//! [--command-timeout-ms MS] [--timeout-ms MS]`. Prints `ready <consumer>` once reading;
+//! SIGTERM/Ctrl-C shut it down gracefully.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -56,7 +57,11 @@ pub async fn worker_main(args: Vec<String>) -> i32 {
             return 2;
         }
     };
-    let bus = match Bus::builder().prefix(prefix).connect(&url).await {
+    let mut builder = Bus::builder().prefix(prefix);
+    if let Some(ms) = arg(args, "--command-timeout-ms").and_then(|v| v.parse().ok()) {
+        builder = builder.command_timeout(Duration::from_millis(ms));
+    }
+    let bus = match builder.connect(&url).await {
         Ok(b) => b,
         Err(e) => {
             eprintln!("connect: {e}");
@@ -70,39 +75,62 @@ pub async fn worker_main(args: Vec<String>) -> i32 {
             let _ = f.write_all(line.as_bytes());
         }
     };
-    let opts = SubscriberOptions::new(group)
+    let mut opts = SubscriberOptions::new(group.clone())
         .concurrency(num(args, "--concurrency", 8usize))
         .visibility_timeout(Duration::from_millis(num(args, "--vt-ms", 1000u64)))
         .max_attempts(num(args, "--max-attempts", 5u32))
         .backoff_min(Duration::from_millis(50))
         .backoff_max(Duration::from_millis(500))
         .block_timeout(Duration::from_millis(500));
-    let f2 = file.clone();
-    let sub = subscriber_fn(opts, move |t: Task, ctx| {
-        let f = f2.clone();
-        async move {
-            write(&f, format!("start {} {} {pid}\n", t.n, ctx.attempt()));
-            if t.poison {
-                std::process::abort();
-            }
-            if t.slow_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(t.slow_ms)).await;
-            }
-            if ctx.attempt() <= t.fail_times {
-                return Err(HandlerError::retry(format!(
-                    "planned failure {}",
-                    ctx.attempt()
-                )));
-            }
-            write(&f, format!("done {} {} {pid}\n", t.n, ctx.attempt()));
-            Ok(())
-        }
-    });
+    if let Some(ms) = arg(args, "--timeout-ms").and_then(|v| v.parse().ok()) {
+        opts = opts.handler_timeout(Duration::from_millis(ms));
+    }
+    let mut groups = vec![group];
+    groups.extend(
+        arg(args, "--more-groups")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned),
+    );
     let mut worker = bus
         .worker()
         .shutdown_grace(Duration::from_millis(num(args, "--grace-ms", 10_000u64)))
-        .move_delayed_every(Duration::from_millis(num(args, "--mover-ms", 500u64)))
-        .subscribe(sub);
+        .move_delayed_every(Duration::from_millis(num(args, "--mover-ms", 500u64)));
+    for g in groups {
+        let f2 = file.clone();
+        let sub = subscriber_fn(opts.clone().with_group(g), move |t: Task, ctx| {
+            let f = f2.clone();
+            async move {
+                let group = ctx.group().to_owned();
+                write(
+                    &f,
+                    format!("start {} {} {pid} {group}\n", t.n, ctx.attempt()),
+                );
+                if t.poison {
+                    std::process::abort();
+                }
+                if ctx.attempt() <= t.hang_times {
+                    std::future::pending::<()>().await;
+                }
+                if t.slow_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(t.slow_ms)).await;
+                }
+                if ctx.attempt() <= t.fail_times {
+                    return Err(HandlerError::retry(format!(
+                        "planned failure {}",
+                        ctx.attempt()
+                    )));
+                }
+                write(
+                    &f,
+                    format!("done {} {} {pid} {group}\n", t.n, ctx.attempt()),
+                );
+                Ok(())
+            }
+        });
+        worker = worker.subscribe(sub);
+    }
     if let Some(c) = arg(args, "--consumer") {
         worker = worker.consumer_name(c);
     }

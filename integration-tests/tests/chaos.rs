@@ -9,15 +9,17 @@ fn short_chaos_run_loses_nothing() {
         return;
     }
     let out = Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args(["--events", "400", "--duration-secs", "15"])
+        .args(["--worker-kills", "6", "--redis-kills", "1", "--stalls", "1"])
+        .args(["--long-stalls", "1", "--partitions", "1"])
         .args([
-            "--events",
-            "500",
-            "--duration-secs",
-            "15",
-            "--worker-kills",
-            "6",
+            "--workers",
+            "3",
+            "--concurrency",
+            "4",
+            "--settle-secs",
+            "90",
         ])
-        .args(["--redis-kills", "1", "--stalls", "1", "--workers", "3"])
         .output()
         .expect("run the chaos binary");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -33,12 +35,18 @@ fn short_chaos_run_loses_nothing() {
     assert_eq!(report["false_dead_letters"], 0, "{report}");
     assert_eq!(report["poison_not_dead_lettered"], 0, "{report}");
     assert_eq!(report["pending_at_end"], 0, "{report}");
-    assert_eq!(report["published"], 500, "{report}");
+    assert_eq!(report["published"], 400, "{report}");
     assert!(
         report["worker_kills"].as_u64().unwrap_or(0) >= 4,
         "{report}"
     );
     assert_eq!(report["redis_kills"], 1, "{report}");
+    assert_eq!(report["long_stalls"], 1, "{report}");
+    assert_eq!(report["partitions"], 1, "{report}");
+    assert!(
+        report["duplicates"].as_u64() <= report["duplicates_bound"].as_u64(),
+        "{report}"
+    );
     assert!(
         out.status.success(),
         "chaos exited with {:?}: {report}",

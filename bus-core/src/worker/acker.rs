@@ -5,10 +5,12 @@
 //! Entries that carried an attempt record (they were retried or reclaimed) have it deleted in the
 //! same pipeline, so no record outlives its entry.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
@@ -27,13 +29,40 @@ struct Ack {
     has_record: bool,
 }
 
+/// Acknowledgements queued or in flight: an entry settled here but not yet acknowledged in Redis
+/// must not look like a lost delivery to the read loop.
+#[derive(Debug, Default)]
+pub(crate) struct Unacked {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+impl Unacked {
+    /// Waits until every queued acknowledgement was sent (or given up).
+    pub(crate) async fn drained(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
-pub(crate) struct AckSender(mpsc::Sender<Ack>);
+pub(crate) struct AckSender {
+    tx: mpsc::Sender<Ack>,
+    unacked: Arc<Unacked>,
+}
 
 impl AckSender {
     /// Queues an acknowledgement; `has_record` also deletes the entry's attempt record.
     pub(crate) async fn ack(&self, id: String, has_record: bool) {
-        if self.0.send(Ack { id, has_record }).await.is_err() {
+        self.unacked.count.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(Ack { id, has_record }).await.is_err() {
+            self.unacked.count.fetch_sub(1, Ordering::AcqRel);
+            self.unacked.changed.notify_waiters();
             tracing::error!("ack channel closed; the entry will be redelivered");
         }
     }
@@ -46,8 +75,13 @@ pub(crate) fn spawn(
     key: String,
     records: String,
     group: String,
+    unacked: Arc<Unacked>,
 ) -> (AckSender, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Ack>(CAPACITY);
+    let sender = AckSender {
+        tx,
+        unacked: unacked.clone(),
+    };
     let task = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(64);
         while let Some(ack) = rx.recv().await {
@@ -59,10 +93,12 @@ pub(crate) fn spawn(
                 }
             }
             flush(&client, &key, &records, &group, &batch).await;
+            unacked.count.fetch_sub(batch.len(), Ordering::AcqRel);
+            unacked.changed.notify_waiters();
             batch.clear();
         }
     });
-    (AckSender(tx), task)
+    (sender, task)
 }
 
 async fn flush(client: &Client, key: &str, records: &str, group: &str, batch: &[Ack]) {

@@ -254,8 +254,10 @@ impl Settle<'_> {
                     meta.result.as_deref(),
                 )
                 .await;
-                g.ack(lane, id.to_owned(), has_record).await;
-                g.held.remove(lane, id, token);
+                // Not held any more: the lease was lost and another worker may have written an
+                // attempt record meanwhile; this ack settles the entry, so the record goes too.
+                let lost = !g.held.remove(lane, id, token);
+                g.ack(lane, id.to_owned(), has_record || lost).await;
             }
             Outcome::Skip(reason) => {
                 match reason {
@@ -268,8 +270,8 @@ impl Settle<'_> {
                         tracing::debug!(entry_id = id, "replayed for another group; skipped")
                     }
                 }
-                g.ack(lane, id.to_owned(), has_record).await;
-                g.held.remove(lane, id, token);
+                let lost = !g.held.remove(lane, id, token);
+                g.ack(lane, id.to_owned(), has_record || lost).await;
             }
             Outcome::Retry {
                 delay,

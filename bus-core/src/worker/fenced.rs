@@ -68,13 +68,15 @@ pub(crate) fn abandoned_record(attempt: u32) -> String {
 }
 
 impl Group {
-    /// KEYS of the per-entry scripts: the lane's stream, the dead-letter stream, the records.
-    fn entry_keys(&self, lane: Lane) -> Vec<String> {
+    /// KEYS of the take and dead-letter scripts: the lane's stream, the dead-letter stream, the
+    /// records, and the marker a settled entry leaves for a re-sent script.
+    fn entry_keys(&self, lane: Lane, id: &str) -> Vec<String> {
         let l = self.lane(lane);
         vec![
             l.stream.clone(),
             self.keys.dead_letters.clone(),
             l.records.clone(),
+            format!("{}:moved:{id}", self.keys.dead_letters),
         ]
     }
 
@@ -125,7 +127,7 @@ impl Group {
         let reply = self
             .eval_retrying(
                 redis::take_script(),
-                self.entry_keys(lane),
+                self.entry_keys(lane, id),
                 self.entry_args(
                     id,
                     [
@@ -223,7 +225,7 @@ impl Group {
         let r = self
             .eval_retrying(
                 redis::dead_letter_script(),
-                self.entry_keys(lane),
+                self.entry_keys(lane, id),
                 self.entry_args(
                     id,
                     [

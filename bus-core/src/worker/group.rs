@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use tokio::sync::{watch, Semaphore};
 
-use super::acker::AckSender;
+use super::acker::{AckSender, Unacked};
 use super::gate::SoloGate;
 use super::handlers::HandlerSet;
 use super::pool::Pool;
@@ -72,6 +72,8 @@ pub(crate) struct Group {
     pub(crate) gate: SoloGate,
     /// Per lane; taken (closed) at shutdown once handlers are done.
     pub(crate) acks: Mutex<Option<Vec<AckSender>>>,
+    /// Acknowledgements queued or in flight, all lanes.
+    pub(crate) unacked: Arc<Unacked>,
     pub(crate) pool: Pool,
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) metrics: SubscriberMetrics,
@@ -89,6 +91,7 @@ impl Group {
         settings: WorkerSettings,
         gate: SoloGate,
         acks: Vec<AckSender>,
+        unacked: Arc<Unacked>,
         stop: watch::Receiver<bool>,
     ) -> Self {
         let opts = handlers.options();
@@ -107,6 +110,7 @@ impl Group {
             settings,
             gate,
             acks: Mutex::new(Some(acks)),
+            unacked,
             stop,
             keys,
             handlers,

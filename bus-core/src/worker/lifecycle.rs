@@ -67,17 +67,21 @@ impl GroupRunner {
         reader.init().await?;
         let mut acks = Vec::with_capacity(keys.lanes.len());
         let mut ackers = Vec::with_capacity(keys.lanes.len());
+        let unacked = Arc::new(acker::Unacked::default());
         for lane in &keys.lanes {
             let (a, task) = acker::spawn(
                 client.clone(),
                 lane.stream.clone(),
                 lane.records.clone(),
                 opts.group().to_owned(),
+                unacked.clone(),
             );
             acks.push(a);
             ackers.push(task);
         }
-        let group = Group::new(handlers, keys, consumer, bus, settings, gate, acks, stop);
+        let group = Group::new(
+            handlers, keys, consumer, bus, settings, gate, acks, unacked, stop,
+        );
         Ok(Self {
             group: Arc::new(group),
             reader,

@@ -102,6 +102,11 @@ impl Reader {
                 .min(MAX_READ.max(concurrency))
                 .min(g.room().max(1));
             drop(first);
+            // While a suspect waits to run alone, what is read would only wait behind it.
+            tokio::select! {
+                () = g.gate.wait_open() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
             if g.stopped() {
                 break;
             }
@@ -305,6 +310,13 @@ pub(crate) async fn own_pending(g: &Group, lane: Lane) -> Result<Vec<(String, u6
 /// Takes the entries a lost read delivered to this consumer: pending for it, delivered once,
 /// and not held. They never started, so their first attempt is not charged.
 async fn take_orphans(g: &Arc<Group>) {
+    // Entries settled here whose XACK is still queued are pending and unheld too: wait until the
+    // acks are out, so they are not taken for orphans and run again.
+    let mut stop = g.stop.clone();
+    tokio::select! {
+        () = g.unacked.drained() => {}
+        _ = stop.wait_for(|s| *s) => return,
+    }
     for lane in g.lanes() {
         let pending = match own_pending(g, lane).await {
             Ok(p) => p,

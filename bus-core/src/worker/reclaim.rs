@@ -27,8 +27,13 @@ pub(crate) async fn scan_loop(g: Arc<Group>) {
     let mut first = true;
     let mut last_reap = Instant::now();
     loop {
-        if !first && !sleep_unless_stopped(&mut stop, interval).await {
-            return;
+        if !first {
+            // A suspect that finished here makes room for the next one at once: suspects left
+            // to other workers wait, released, for whichever scanner comes first.
+            tokio::select! {
+                _ = sleep_unless_stopped(&mut stop, interval) => {}
+                () = g.gate.suspect_freed() => {}
+            }
         }
         if g.stopped() {
             return;

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::attempt::{Delivery, Slot};
 use super::fenced::Take;
+use super::gate::Reservation;
 use super::group::{sleep_unless_stopped, Group};
 use super::pool::Pool;
 use super::state::{Lane, Phase, Token};
@@ -50,7 +51,8 @@ async fn take_when_due(
     let mut stop = g.stop.clone();
     // One token per attempt this task starts: a re-sent take carries the same one.
     let attempt_token = uuid::Uuid::new_v4().simple().to_string();
-    let mut solo = false;
+    // Set once the take script said the entry must run alone: this process's suspect slot.
+    let mut reservation: Option<Reservation> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
         if !delay.is_zero() && !sleep_unless_stopped(&mut stop, delay).await {
@@ -62,13 +64,20 @@ async fn take_when_due(
             p = g.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let turn = if solo {
-            // Waits for every running attempt in the process to finish, at most a visibility
-            // timeout; new attempts wait meanwhile.
-            match g.gate.alone(g.vt()).await {
-                Some(turn) => turn,
-                None => {
+        let turn = if let Some(r) = reservation.take() {
+            // Waits for every running attempt in the process to finish (new attempts wait
+            // meanwhile), for as long as an attempt may run: the handler timeout, else the
+            // visibility timeout. Past that a handler may be hung: give way and try again later.
+            let wait = g
+                .opts()
+                .get_handler_timeout()
+                .map_or(g.vt(), |t| t + Duration::from_millis(100))
+                .max(g.vt());
+            match g.gate.alone(r, wait).await {
+                Ok(turn) => turn,
+                Err(r) => {
                     tracing::info!(entry_id = %id, "a suspect waits to run alone: other handlers are still running");
+                    reservation = Some(r);
                     delay = g.vt() / 2;
                     continue;
                 }
@@ -80,6 +89,7 @@ async fn take_when_due(
                 _ = stop.wait_for(|s| *s) => return,
             }
         };
+        let solo = turn.is_alone();
         if g.stopped() {
             return;
         }
@@ -118,7 +128,17 @@ async fn take_when_due(
                 return;
             }
             Ok(Take::NotDue(left)) => delay = left,
-            Ok(Take::NeedsSolo) => solo = true,
+            Ok(Take::NeedsSolo) => match g.gate.reserve() {
+                Some(r) => reservation = Some(r),
+                None => {
+                    // This process holds a suspect already: leave this one to another worker
+                    // (released for immediate reclaim, its record kept).
+                    drop((permit, turn));
+                    let _ = g.release(lane, &[(id.clone(), String::new())]).await;
+                    g.held.remove(lane, &id, token);
+                    return;
+                }
+            },
             Ok(Take::DeadLettered { attempts, event_id }) => {
                 g.metrics.dead_lettered("max_attempts");
                 tracing::warn!(
