@@ -129,7 +129,8 @@ impl SubscriberOptions {
         self
     }
 
-    /// Deliveries before an event is dead-lettered (default 5). At least 1.
+    /// Attempts before an event is dead-lettered (default 5; see [`Context::attempt`] for what
+    /// counts). At least 1.
     #[must_use]
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n;
@@ -357,7 +358,10 @@ impl Context {
         &self.inner.names.consumer
     }
 
-    /// Which delivery of this event to this group this is; the first is 1.
+    /// Which attempt of this group at this event this is; the first is 1. Attempts that failed,
+    /// timed out or crashed their process while running alone count; an attempt cut short by a
+    /// crash of a process that was running other handlers too does not (any of them may have
+    /// caused it), so a redelivery can carry the same number again.
     pub fn attempt(&self) -> u32 {
         self.inner.attempt
     }
