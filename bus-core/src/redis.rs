@@ -29,6 +29,19 @@ pub(crate) fn value_string(v: Value) -> Option<String> {
     value_bytes(v).and_then(|b| String::from_utf8(b.to_vec()).ok())
 }
 
+/// Parses a flat field list `[f1, v1, f2, v2, …]` (binary-safe; an odd last element is dropped).
+pub(crate) fn parse_flat_fields(flat: Vec<Value>) -> Vec<(Bytes, Bytes)> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((
+            value_bytes(k).unwrap_or_default(),
+            value_bytes(v).unwrap_or_default(),
+        ));
+    }
+    out
+}
+
 /// Parses one entry `[id, [f1, v1, …] | nil]`.
 fn parse_entry(v: Value) -> Option<RawEntry> {
     let Value::Array(mut parts) = v else {
@@ -41,17 +54,7 @@ fn parse_entry(v: Value) -> Option<RawEntry> {
     let id = value_string(parts.pop()?)?;
     let fields = match fields {
         Value::Null => None,
-        Value::Array(flat) => {
-            let mut out = Vec::with_capacity(flat.len() / 2);
-            let mut it = flat.into_iter();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                out.push((
-                    value_bytes(k).unwrap_or_default(),
-                    value_bytes(v).unwrap_or_default(),
-                ));
-            }
-            Some(out)
-        }
+        Value::Array(flat) => Some(parse_flat_fields(flat)),
         Value::Map(map) => Some(
             map.inner()
                 .into_iter()

@@ -12,7 +12,7 @@ use super::group::Group;
 use super::outcome::Reason;
 use super::state::Lane;
 use crate::error::Result;
-use crate::redis::{self, value_bytes, value_string};
+use crate::redis::{self, value_string};
 
 /// Most ids in one lease-renewal or release script call.
 pub(crate) const SCRIPT_CHUNK: usize = 200;
@@ -152,17 +152,7 @@ impl Group {
                 let delivery = num() as u32;
                 let attempt = num() as u32;
                 let fields = match it.next() {
-                    Some(Value::Array(flat)) => {
-                        let mut out = Vec::with_capacity(flat.len() / 2);
-                        let mut kv = flat.into_iter();
-                        while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
-                            out.push((
-                                value_bytes(k).unwrap_or_default(),
-                                value_bytes(v).unwrap_or_default(),
-                            ));
-                        }
-                        out
-                    }
+                    Some(Value::Array(flat)) => redis::parse_flat_fields(flat),
                     _ => Vec::new(),
                 };
                 Take::Run {
