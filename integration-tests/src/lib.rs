@@ -18,6 +18,7 @@ use bus_core::{Bus, BusBuilder};
 
 pub mod procs;
 pub mod proxy;
+pub mod support;
 pub mod worker;
 
 enum Source {

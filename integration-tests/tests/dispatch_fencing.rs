@@ -14,16 +14,21 @@
 //! group name of its own, as counters are told apart by their (stream, group) labels only.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bus_core::{subscriber_fn, Bus, Error, Event, HandlerError, State, SubscriberOptions};
+use bus_core::{
+    subscriber_fn, Bus, Error, Event, GroupStatus, HandlerError, Published, State, Subscriber,
+    SubscriberOptions, WorkerHandle,
+};
 use fred::prelude::*;
 use fred::types::Value;
 use integration_tests::proxy::FaultProxy;
-use integration_tests::{eventually, unique_prefix, Recorder, RedisServer, TestEnv};
+use integration_tests::support::{
+    claim_for, create_group, dead_letter_count as dlq_count, last_delivered, pending,
+    pending_entry, read_as, recording, start_worker, Gauge, OwnRedis,
+};
+use integration_tests::{eventually, Recorder, TestEnv};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -56,6 +61,17 @@ struct OrderCreated {
     cents: u64,
 }
 
+fn order_placed(order_id: u64, cents: u64) -> OrderPlaced {
+    OrderPlaced { order_id, cents }
+}
+
+fn order_cancelled(order_id: u64, why: impl Into<String>) -> OrderCancelled {
+    OrderCancelled {
+        order_id,
+        why: why.into(),
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 #[event(stream = "x")]
 struct X {
@@ -72,6 +88,27 @@ struct Req {
 /// no `UnknownTypes`, this line is replaced by `o` to show the old behaviour.)
 fn dead_letter_unknown(o: SubscriberOptions) -> SubscriberOptions {
     o.unknown_types(bus_core::UnknownTypes::DeadLetter)
+}
+
+/// A subscriber that records the order id of every `OrderPlaced` it handles.
+fn placed_order_ids(
+    opts: SubscriberOptions,
+    rec: &Recorder,
+) -> impl Subscriber<Event = OrderPlaced> {
+    recording(opts, rec, |e: &OrderPlaced, _| e.order_id.to_string())
+}
+
+/// Starts a worker whose group `group` has one handler, of `OrderPlaced` (the order ids it
+/// handled are in the returned recorder); `policy` sets the group's options for other types.
+async fn start_placed_only(
+    env: &TestEnv,
+    group: &str,
+    policy: fn(SubscriberOptions) -> SubscriberOptions,
+) -> (Recorder, WorkerHandle) {
+    let placed = Recorder::new();
+    let opts = policy(SubscriberOptions::new(group).block_timeout(Duration::from_millis(200)));
+    let w = start_worker(&env.bus, placed_order_ids(opts, &placed)).await;
+    (placed, w)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -122,31 +159,6 @@ fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
         .sum()
 }
 
-async fn pending(bus: &Bus, stream: &str, group: &str) -> u64 {
-    integration_tests::pending_count(bus, stream, group)
-        .await
-        .expect("XPENDING")
-}
-
-async fn dlq_count(bus: &Bus, stream: &str, group: &str) -> u64 {
-    bus.dead_letters(stream, group)
-        .expect("dlq")
-        .count()
-        .await
-        .expect("XLEN")
-}
-
-/// The group's last delivered entry id (XINFO GROUPS).
-async fn last_delivered(bus: &Bus, stream: &str, group: &str) -> Option<String> {
-    let key = bus.stream_key(stream).expect("key");
-    let groups: Vec<std::collections::HashMap<String, Value>> =
-        bus.redis().xinfo_groups(key.as_str()).await.ok()?;
-    groups
-        .iter()
-        .find(|g| g.get("name").and_then(Value::as_string).as_deref() == Some(group))
-        .and_then(|g| g.get("last-delivered-id").and_then(Value::as_string))
-}
-
 /// Waits until `group` has been delivered everything up to `entry_id` and has nothing pending.
 async fn settled(bus: &Bus, stream: &str, group: &str, entry_id: &str) {
     eventually(T, "every entry delivered and settled", || async {
@@ -154,6 +166,25 @@ async fn settled(bus: &Bus, stream: &str, group: &str, entry_id: &str) {
             && pending(bus, stream, group).await == 0
     })
     .await;
+}
+
+/// Publishes `event` on `bus`.
+async fn publish<E: Event>(bus: &Bus, event: &E) -> Published {
+    bus.publish(event).await.expect("publish")
+}
+
+/// Waits until `handled` has recorded `n` events (`what` names them), then as [`settled`] for
+/// `group` on "orders".
+async fn handled_and_settled(
+    bus: &Bus,
+    group: &str,
+    handled: &Recorder,
+    n: usize,
+    what: &str,
+    last: &str,
+) {
+    handled.wait_for(T, what, |s| s.len() == n).await;
+    settled(bus, "orders", group, last).await;
 }
 
 /// Dead letters (raw) carrying a `dl.missing` field: a move made without the entry's data.
@@ -167,17 +198,6 @@ async fn missing_data_dead_letters(bus: &Bus, stream: &str, group: &str) -> usiz
     format!("{rows:?}").matches("dl.missing").count()
 }
 
-/// Pending row of one entry: (owner, idle ms, deliveries).
-async fn pending_row(bus: &Bus, stream: &str, group: &str, id: &str) -> Option<(String, u64, u64)> {
-    let key = bus.stream_key(stream).expect("key");
-    let rows: Vec<(String, String, u64, u64)> = bus
-        .redis()
-        .xpending(key.as_str(), group, (id, id, 1))
-        .await
-        .expect("XPENDING");
-    rows.into_iter().next().map(|r| (r.1, r.2, r.3))
-}
-
 // ---------------------------------------------------------------------------------------------
 // 4. One group, several event types; unknown types never vanish
 
@@ -187,45 +207,24 @@ async fn one_group_in_one_worker_dispatches_each_event_type_to_its_own_handler()
     let env = TestEnv::new("multitype").await;
     let placed = Recorder::new();
     let cancelled = Recorder::new();
-    let (p2, c2) = (placed.clone(), cancelled.clone());
     let opts = SubscriberOptions::new("billing").block_timeout(Duration::from_millis(200));
     let w = env
         .bus
         .worker()
-        .subscribe(subscriber_fn(opts.clone(), move |e: OrderPlaced, ctx| {
-            let p2 = p2.clone();
-            async move {
-                p2.record(format!("{}:{}:{}", ctx.event_type(), e.order_id, e.cents));
-                Ok::<_, HandlerError>(())
-            }
+        .subscribe(recording(opts.clone(), &placed, |e: &OrderPlaced, ctx| {
+            format!("{}:{}:{}", ctx.event_type(), e.order_id, e.cents)
         }))
-        .subscribe(subscriber_fn(opts, move |e: OrderCancelled, ctx| {
-            let c2 = c2.clone();
-            async move {
-                c2.record(format!("{}:{}:{}", ctx.event_type(), e.order_id, e.why));
-                Ok::<_, HandlerError>(())
-            }
+        .subscribe(recording(opts, &cancelled, |e: &OrderCancelled, ctx| {
+            format!("{}:{}:{}", ctx.event_type(), e.order_id, e.why)
         }))
         .start()
         .await
         .expect("two event types of one stream in one group and one worker must start");
     let mut last = String::new();
     for n in 0..4 {
-        env.bus
-            .publish(&OrderPlaced {
-                order_id: n,
-                cents: 100 * n,
-            })
+        publish(&env.bus, &order_placed(n, 100 * n)).await;
+        last = publish(&env.bus, &order_cancelled(n, format!("changed mind {n}")))
             .await
-            .expect("publish");
-        last = env
-            .bus
-            .publish(&OrderCancelled {
-                order_id: n,
-                why: format!("changed mind {n}"),
-            })
-            .await
-            .expect("publish")
             .entry_id;
     }
     placed.wait_for(T, "4 placed", |s| s.len() == 4).await;
@@ -314,52 +313,14 @@ async fn unknown_types_are_acknowledged_and_counted_under_the_default_policy() {
     metrics_init();
     let env = TestEnv::new("skipunknown").await;
     let group = "audit-skip";
-    let placed = Recorder::new();
-    let p2 = placed.clone();
-    let w = env
-        .bus
-        .worker()
-        .subscribe(subscriber_fn(
-            SubscriberOptions::new(group).block_timeout(Duration::from_millis(200)),
-            move |e: OrderPlaced, _| {
-                let p2 = p2.clone();
-                async move {
-                    p2.record(e.order_id.to_string());
-                }
-            },
-        ))
-        .start()
-        .await
-        .expect("start");
-    env.bus
-        .publish(&OrderPlaced {
-            order_id: 1,
-            cents: 5,
-        })
-        .await
-        .expect("publish");
+    // The default policy.
+    let (placed, w) = start_placed_only(&env, group, |o| o).await;
+    publish(&env.bus, &order_placed(1, 5)).await;
     for n in 0..2 {
-        env.bus
-            .publish(&OrderCancelled {
-                order_id: n,
-                why: "x".into(),
-            })
-            .await
-            .expect("publish");
+        publish(&env.bus, &order_cancelled(n, "x")).await;
     }
-    let last = env
-        .bus
-        .publish(&OrderPlaced {
-            order_id: 2,
-            cents: 5,
-        })
-        .await
-        .expect("publish")
-        .entry_id;
-    placed
-        .wait_for(T, "both known events", |s| s.len() == 2)
-        .await;
-    settled(&env.bus, "orders", group, &last).await;
+    let last = publish(&env.bus, &order_placed(2, 5)).await.entry_id;
+    handled_and_settled(&env.bus, group, &placed, 2, "both known events", &last).await;
     let labels = [("group", group), ("reason", "unknown_type")];
     // Counted before the ack, so already visible once nothing is pending.
     eventually(
@@ -383,46 +344,10 @@ async fn unknown_types_are_dead_lettered_under_the_dead_letter_policy() {
     metrics_init();
     let env = TestEnv::new("dlunknown").await;
     let group = "audit-strict";
-    let placed = Recorder::new();
-    let p2 = placed.clone();
-    let w = env
-        .bus
-        .worker()
-        .subscribe(subscriber_fn(
-            dead_letter_unknown(
-                SubscriberOptions::new(group).block_timeout(Duration::from_millis(200)),
-            ),
-            move |e: OrderPlaced, _| {
-                let p2 = p2.clone();
-                async move {
-                    p2.record(e.order_id.to_string());
-                }
-            },
-        ))
-        .start()
-        .await
-        .expect("start");
-    let unknown = env
-        .bus
-        .publish(&OrderCancelled {
-            order_id: 7,
-            why: "x".into(),
-        })
-        .await
-        .expect("publish");
-    let last = env
-        .bus
-        .publish(&OrderPlaced {
-            order_id: 8,
-            cents: 1,
-        })
-        .await
-        .expect("publish")
-        .entry_id;
-    placed
-        .wait_for(T, "the known event", |s| s.len() == 1)
-        .await;
-    settled(&env.bus, "orders", group, &last).await;
+    let (placed, w) = start_placed_only(&env, group, dead_letter_unknown).await;
+    let unknown = publish(&env.bus, &order_cancelled(7, "x")).await;
+    let last = publish(&env.bus, &order_placed(8, 1)).await.entry_id;
+    handled_and_settled(&env.bus, group, &placed, 1, "the known event", &last).await;
     let dlq = env.bus.dead_letters("orders", group).expect("dlq");
     let list = dlq.list(10).await.expect("list");
     assert_eq!(
@@ -460,17 +385,11 @@ async fn a_type_renamed_in_a_rolling_deploy_is_dead_lettered_then_replayed_into_
 
     // The old version knows only OrderPlaced.
     let old_placed = Recorder::new();
-    let op = old_placed.clone();
     let old_bus = env.another_bus().await;
     let old = old_bus
         .worker()
         .consumer_name("old-version")
-        .subscribe(subscriber_fn(opts.clone(), move |e: OrderPlaced, _| {
-            let op = op.clone();
-            async move {
-                op.record(e.order_id.to_string());
-            }
-        }))
+        .subscribe(placed_order_ids(opts.clone(), &old_placed))
         .start()
         .await
         .expect("old worker");
@@ -479,28 +398,19 @@ async fn a_type_renamed_in_a_rolling_deploy_is_dead_lettered_then_replayed_into_
     let mut renamed = HashSet::new();
     let mut last = String::new();
     for n in 0..3 {
-        env.bus
-            .publish(&OrderPlaced {
-                order_id: n,
-                cents: 1,
-            })
-            .await
-            .expect("publish");
-        let p = env
-            .bus
-            .publish(&OrderCreated {
+        publish(&env.bus, &order_placed(n, 1)).await;
+        let p = publish(
+            &env.bus,
+            &OrderCreated {
                 order_id: 100 + n,
                 cents: 2,
-            })
-            .await
-            .expect("publish");
+            },
+        )
+        .await;
         renamed.insert(p.event_id);
         last = p.entry_id;
     }
-    old_placed
-        .wait_for(T, "the old type", |s| s.len() == 3)
-        .await;
-    settled(&env.bus, "orders", group, &last).await;
+    handled_and_settled(&env.bus, group, &old_placed, 3, "the old type", &last).await;
     let dlq = env.bus.dead_letters("orders", group).expect("dlq");
     let list = dlq.list(10).await.expect("list");
     assert_eq!(
@@ -518,17 +428,12 @@ async fn a_type_renamed_in_a_rolling_deploy_is_dead_lettered_then_replayed_into_
     // The new version knows both types (one group, two handlers); replay the dead letters.
     let new_placed = Recorder::new();
     let created = Recorder::new();
-    let (np, cr) = (new_placed.clone(), created.clone());
+    let cr = created.clone();
     let new_bus = env.another_bus().await;
     let new = new_bus
         .worker()
         .consumer_name("new-version")
-        .subscribe(subscriber_fn(opts.clone(), move |e: OrderPlaced, _| {
-            let np = np.clone();
-            async move {
-                np.record(e.order_id.to_string());
-            }
-        }))
+        .subscribe(placed_order_ids(opts.clone(), &new_placed))
         .subscribe(subscriber_fn(opts, move |e: OrderCreated, ctx| {
             let cr = cr.clone();
             async move {
@@ -562,39 +467,76 @@ async fn a_type_renamed_in_a_rolling_deploy_is_dead_lettered_then_replayed_into_
 // ---------------------------------------------------------------------------------------------
 // 7. Entries deleted while pending
 
+/// A subscriber of `X` whose every attempt records its number in `attempts` and fails (`fails
+/// <attempt>`). From attempt `delete_from` on, an attempt first deletes its entry from `bus`'s
+/// stream (as if trimmed or XDELed while it runs).
+fn always_failing(
+    opts: SubscriberOptions,
+    attempts: &Arc<Mutex<Vec<u32>>>,
+    bus: &Bus,
+    delete_from: Option<u32>,
+) -> impl Subscriber<Event = X> {
+    let (attempts, client) = (attempts.clone(), bus.redis().clone());
+    let key = bus.stream_key("x").expect("key");
+    subscriber_fn(opts, move |_e: X, ctx| {
+        let (a2, client, key) = (attempts.clone(), client.clone(), key.clone());
+        async move {
+            a2.lock().expect("lock").push(ctx.attempt());
+            if delete_from.is_some_and(|a| ctx.attempt() >= a) {
+                let _: i64 = client
+                    .xdel(key.as_str(), ctx.entry_id())
+                    .await
+                    .map_err(|e| HandlerError::retry(e.to_string()))?;
+            }
+            Err::<(), _>(HandlerError::retry(format!("fails {}", ctx.attempt())))
+        }
+    })
+}
+
+/// Checks that `group` has no dead letter (`deleted_entries` is what must not be dead-lettered)
+/// and waits until its `deleted_pending` counter reaches `deleted` (`counted` names that).
+async fn expect_counted_as_deleted(
+    bus: &Bus,
+    group: &str,
+    deleted_entries: &str,
+    deleted: u64,
+    counted: &str,
+) {
+    let dead = bus
+        .dead_letters("x", group)
+        .expect("dlq")
+        .list(10)
+        .await
+        .expect("list");
+    assert!(
+        dead.is_empty(),
+        "{deleted_entries} must not be dead-lettered (dl.missing: {}): {dead:?}",
+        missing_data_dead_letters(bus, "x", group).await
+    );
+    eventually(Duration::from_secs(2), counted, || async {
+        counter("streambus_deleted_pending_total", &[("group", group)]) == deleted
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_deleted_while_waiting_for_its_retry_is_counted_as_deleted_not_lost_or_dead() {
     metrics_init();
     let env = TestEnv::new("delwait").await;
     let group = "del-wait";
     let attempts = Arc::new(Mutex::new(Vec::<u32>::new()));
-    let a2 = attempts.clone();
     let backoff = Duration::from_secs(1);
-    let w = env
-        .bus
-        .worker()
-        .subscribe(subscriber_fn(
-            SubscriberOptions::new(group)
-                .max_attempts(2)
-                .backoff_min(backoff)
-                .backoff_max(backoff)
-                // Heartbeats every 200 ms: several renewals before the retry is due.
-                .visibility_timeout(Duration::from_millis(600))
-                .block_timeout(Duration::from_millis(200)),
-            move |_e: X, ctx| {
-                let a2 = a2.clone();
-                async move {
-                    a2.lock().expect("lock").push(ctx.attempt());
-                    Err::<(), _>(HandlerError::retry(format!("fails {}", ctx.attempt())))
-                }
-            },
-        ))
-        .start()
-        .await
-        .expect("start");
-    let p = env.bus.publish(&X { n: 1 }).await.expect("publish");
+    let opts = SubscriberOptions::new(group)
+        .max_attempts(2)
+        .backoff_min(backoff)
+        .backoff_max(backoff)
+        // Heartbeats every 200 ms: several renewals before the retry is due.
+        .visibility_timeout(Duration::from_millis(600))
+        .block_timeout(Duration::from_millis(200));
+    let w = start_worker(&env.bus, always_failing(opts, &attempts, &env.bus, None)).await;
+    let p = publish(&env.bus, &X { n: 1 }).await;
     let key = env.bus.stream_key("x").expect("key");
-    let records = format!("{}:{{x}}:retry:{group}", env.prefix);
+    let records = env.attempt_records_key("x", group);
     let r = env.bus.redis();
     // The first attempt failed and its retry is recorded: the entry waits in the worker.
     eventually(T, "the retry record", || async {
@@ -641,59 +583,26 @@ async fn an_entry_deleted_during_its_last_attempt_is_not_dead_lettered_without_d
     let env = TestEnv::new("dellast").await;
     let group = "del-last";
     let attempts = Arc::new(Mutex::new(Vec::<u32>::new()));
-    let a2 = attempts.clone();
-    let key = env.bus.stream_key("x").expect("key");
-    let (client, k2) = (env.bus.redis().clone(), key.clone());
-    let w = env
-        .bus
-        .worker()
-        .subscribe(subscriber_fn(
-            SubscriberOptions::new(group)
-                .max_attempts(2)
-                .backoff_min(Duration::from_millis(50))
-                .backoff_max(Duration::from_millis(100))
-                // Heartbeats rarely: the handler's own outcome meets the deletion first.
-                .visibility_timeout(Duration::from_secs(6))
-                .block_timeout(Duration::from_millis(200)),
-            move |_e: X, ctx| {
-                let (a2, client, k2) = (a2.clone(), client.clone(), k2.clone());
-                async move {
-                    a2.lock().expect("lock").push(ctx.attempt());
-                    if ctx.attempt() >= 2 {
-                        // Trimmed or XDELed while the last attempt runs; then the attempt fails.
-                        let _: i64 = client
-                            .xdel(k2.as_str(), ctx.entry_id())
-                            .await
-                            .map_err(|e| HandlerError::retry(e.to_string()))?;
-                    }
-                    Err::<(), _>(HandlerError::retry(format!("fails {}", ctx.attempt())))
-                }
-            },
-        ))
-        .start()
-        .await
-        .expect("start");
-    env.bus.publish(&X { n: 1 }).await.expect("publish");
+    let opts = SubscriberOptions::new(group)
+        .max_attempts(2)
+        .backoff_min(Duration::from_millis(50))
+        .backoff_max(Duration::from_millis(100))
+        // Heartbeats rarely: the handler's own outcome meets the deletion first.
+        .visibility_timeout(Duration::from_secs(6))
+        .block_timeout(Duration::from_millis(200));
+    // Trimmed or XDELed while the last attempt runs; then the attempt fails.
+    let w = start_worker(&env.bus, always_failing(opts, &attempts, &env.bus, Some(2))).await;
+    publish(&env.bus, &X { n: 1 }).await;
     eventually(T, "the last attempt to end", || async {
         attempts.lock().expect("lock").len() == 2 && pending(&env.bus, "x", group).await == 0
     })
     .await;
-    let dead = env
-        .bus
-        .dead_letters("x", group)
-        .expect("dlq")
-        .list(10)
-        .await
-        .expect("list");
-    assert!(
-        dead.is_empty(),
-        "an entry deleted during its last attempt must not be dead-lettered (dl.missing: {}): {dead:?}",
-        missing_data_dead_letters(&env.bus, "x", group).await
-    );
-    eventually(
-        Duration::from_secs(2),
+    expect_counted_as_deleted(
+        &env.bus,
+        group,
+        "an entry deleted during its last attempt",
+        1,
         "the deletion to be counted",
-        || async { counter("streambus_deleted_pending_total", &[("group", group)]) == 1 },
     )
     .await;
     w.shutdown().await.expect("shutdown");
@@ -707,7 +616,7 @@ async fn an_entry_deleted_during_its_last_attempt_is_not_dead_lettered_without_d
         0
     );
     assert_eq!(*attempts.lock().expect("lock"), vec![1, 2]);
-    let records = format!("{}:{{x}}:retry:{group}", env.prefix);
+    let records = env.attempt_records_key("x", group);
     let left: u64 = env.bus.redis().hlen(records.as_str()).await.expect("HLEN");
     assert_eq!(left, 0);
 }
@@ -718,77 +627,34 @@ async fn a_restarted_consumers_own_entries_deleted_meanwhile_are_not_dead_letter
     let env = TestEnv::new("delown").await;
     let group = "del-own";
     let key = env.bus.stream_key("x").expect("key");
-    let records = format!("{}:{{x}}:retry:{group}", env.prefix);
+    let records = env.attempt_records_key("x", group);
     let r = env.bus.redis();
-    let _: Value = r
-        .xgroup_create(key.as_str(), group, "0", true)
-        .await
-        .expect("group");
+    create_group(&env.bus, "x", group).await;
     // First in the pending list: an entry of a stalled consumer, reclaimable at once. The
     // scanner's first round claims it and stops there (one slot), so it never sweeps the
     // deleted entries below out of the pending list: only the takes meet them.
-    let stalled = env
-        .bus
-        .publish(&X { n: 0 })
-        .await
-        .expect("publish")
-        .entry_id;
-    let _: Value = r
-        .xreadgroup(group, "stalled", Some(1), None, false, key.as_str(), ">")
-        .await
-        .expect("read");
+    let stalled = publish(&env.bus, &X { n: 0 }).await.entry_id;
+    read_as(&env.bus, "x", group, "stalled", 1).await;
     // A previous life of consumer "fixed" received two entries (delivered twice each) and died;
     // meanwhile both were deleted from the stream (trimmed or XDEL). The first had started its
     // second attempt alone (record kind `s`, one attempt charged before): its attempts are used
     // up, so its take moves it to the dead letters. The second (no record) is a suspect that
     // must run alone first.
-    let at_limit = env
-        .bus
-        .publish(&X { n: 1 })
-        .await
-        .expect("publish")
-        .entry_id;
-    let suspect = env
-        .bus
-        .publish(&X { n: 2 })
-        .await
-        .expect("publish")
-        .entry_id;
-    let _: Value = r
-        .xreadgroup(group, "fixed", Some(10), None, false, key.as_str(), ">")
-        .await
-        .expect("read");
+    let at_limit = publish(&env.bus, &X { n: 1 }).await.entry_id;
+    let suspect = publish(&env.bus, &X { n: 2 }).await.entry_id;
+    read_as(&env.bus, "x", group, "fixed", 10).await;
     let ids = vec![at_limit.as_str(), suspect.as_str()];
-    let _: Value = r
-        .xclaim(
-            key.as_str(),
-            group,
-            "fixed",
-            0,
-            ids.clone(),
-            None,
-            None,
-            Some(2),
-            false,
-            true,
-        )
-        .await
-        .expect("XCLAIM RETRYCOUNT");
-    let _: Value = r
-        .xclaim(
-            key.as_str(),
-            group,
-            "stalled",
-            0,
-            stalled.as_str(),
-            Some(3_600_000),
-            None,
-            None,
-            false,
-            true,
-        )
-        .await
-        .expect("XCLAIM IDLE");
+    claim_for(&env.bus, "x", group, "fixed", ids.clone(), None, Some(2)).await;
+    claim_for(
+        &env.bus,
+        "x",
+        group,
+        "stalled",
+        vec![stalled.as_str()],
+        Some(3_600_000),
+        None,
+    )
+    .await;
     let _: () = r
         .hset(
             records.as_str(),
@@ -799,23 +665,18 @@ async fn a_restarted_consumers_own_entries_deleted_meanwhile_are_not_dead_letter
     let n: i64 = r.xdel(key.as_str(), ids.clone()).await.expect("XDEL");
     assert_eq!(n, 2);
     let ran = Recorder::new();
-    let rc = ran.clone();
     let w = env
         .bus
         .worker()
         .consumer_name("fixed")
-        .subscribe(subscriber_fn(
+        .subscribe(recording(
             SubscriberOptions::new(group)
                 .max_attempts(2)
                 .concurrency(1)
                 .visibility_timeout(Duration::from_secs(30))
                 .block_timeout(Duration::from_millis(200)),
-            move |e: X, _| {
-                let rc = rc.clone();
-                async move {
-                    rc.record(e.n.to_string());
-                }
-            },
+            &ran,
+            |e: &X, _| e.n.to_string(),
         ))
         .start()
         .await
@@ -824,26 +685,22 @@ async fn a_restarted_consumers_own_entries_deleted_meanwhile_are_not_dead_letter
         T,
         "the deleted entries to leave the pending list",
         || async {
-            pending_row(&env.bus, "x", group, &at_limit).await.is_none()
-                && pending_row(&env.bus, "x", group, &suspect).await.is_none()
+            pending_entry(&env.bus, "x", group, &at_limit)
+                .await
+                .is_none()
+                && pending_entry(&env.bus, "x", group, &suspect)
+                    .await
+                    .is_none()
         },
     )
     .await;
-    let dead = env
-        .bus
-        .dead_letters("x", group)
-        .expect("dlq")
-        .list(10)
-        .await
-        .expect("list");
-    assert!(
-        dead.is_empty(),
-        "deleted entries must not be dead-lettered (dl.missing: {}): {dead:?}",
-        missing_data_dead_letters(&env.bus, "x", group).await
-    );
-    eventually(Duration::from_secs(2), "both deletions counted", || async {
-        counter("streambus_deleted_pending_total", &[("group", group)]) == 2
-    })
+    expect_counted_as_deleted(
+        &env.bus,
+        group,
+        "deleted entries",
+        2,
+        "both deletions counted",
+    )
     .await;
     w.shutdown().await.expect("shutdown");
     let snap = ran.snapshot();
@@ -869,8 +726,7 @@ async fn a_restarted_consumers_own_entries_deleted_meanwhile_are_not_dead_letter
 #[derive(Default)]
 struct Runs {
     starts: Mutex<Vec<u32>>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
+    in_flight: Arc<Gauge>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -902,10 +758,9 @@ async fn a_zombie_attempts_failure_does_not_release_the_lease_of_the_newer_attem
                 async move {
                     let a = ctx.attempt();
                     runs.starts.lock().expect("lock").push(a);
-                    let now = runs.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                    runs.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                    let _running = runs.in_flight.enter();
                     rec.record(format!("start{a}"));
-                    let r = match a {
+                    match a {
                         1 => Err(HandlerError::retry("attempt 1 fails")),
                         2 => {
                             let _ = zombie_rx.wait_for(|v| *v).await;
@@ -915,9 +770,7 @@ async fn a_zombie_attempts_failure_does_not_release_the_lease_of_the_newer_attem
                             let _ = rest_rx.wait_for(|v| *v).await;
                             Ok(())
                         }
-                    };
-                    runs.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    r
+                    }
                 }
             },
         ))
@@ -925,14 +778,7 @@ async fn a_zombie_attempts_failure_does_not_release_the_lease_of_the_newer_attem
         .await
         .expect("start");
     let me = w.consumer_name().to_owned();
-    let id = env
-        .bus
-        .publish(&X { n: 1 })
-        .await
-        .expect("publish")
-        .entry_id;
-    let key = env.bus.stream_key("x").expect("key");
-    let r = env.bus.redis();
+    let id = publish(&env.bus, &X { n: 1 }).await.entry_id;
     rec.wait_for(T, "attempt 2", |s| s.contains_key("start2"))
         .await;
 
@@ -941,45 +787,26 @@ async fn a_zombie_attempts_failure_does_not_release_the_lease_of_the_newer_attem
     // until this worker's heartbeat has noticed.
     let lost = |n| counter("streambus_lease_lost_total", &[("group", group)]) >= n;
     eventually(T, "the heartbeat to see the lease lost", || async {
-        let _: Value = r
-            .xclaim(
-                key.as_str(),
-                group,
-                "intruder",
-                0,
-                id.as_str(),
-                None,
-                None,
-                None,
-                false,
-                true,
-            )
-            .await
-            .expect("XCLAIM");
+        claim_for(&env.bus, "x", group, "intruder", vec![&id], None, None).await;
         lost(1)
     })
     .await;
     // The intruder stalls: its entry becomes reclaimable, and this worker's scanner takes it
     // back while attempt 2 (now a zombie) still runs.
-    let _: Value = r
-        .xclaim(
-            key.as_str(),
-            group,
-            "intruder",
-            0,
-            id.as_str(),
-            Some(3_600_000),
-            None,
-            None,
-            false,
-            true,
-        )
-        .await
-        .expect("XCLAIM IDLE");
+    claim_for(
+        &env.bus,
+        "x",
+        group,
+        "intruder",
+        vec![&id],
+        Some(3_600_000),
+        None,
+    )
+    .await;
     eventually(T, "the scanner to reclaim the entry", || async {
-        pending_row(&env.bus, "x", group, &id)
+        pending_entry(&env.bus, "x", group, &id)
             .await
-            .is_some_and(|(owner, _, _)| owner == me)
+            .is_some_and(|p| p.consumer == me)
     })
     .await;
 
@@ -994,10 +821,11 @@ async fn a_zombie_attempts_failure_does_not_release_the_lease_of_the_newer_attem
     let mut prev = 0u64;
     let deadline = Instant::now() + T;
     while renewals < 4 {
-        let (owner, idle, _) = pending_row(&env.bus, "x", group, &id)
+        let row = pending_entry(&env.bus, "x", group, &id)
             .await
             .expect("attempt 3's entry must stay pending while it runs");
-        assert_eq!(owner, me);
+        let idle = row.idle_ms;
+        assert_eq!(row.consumer, me);
         assert!(
             idle < vt.as_millis() as u64,
             "the running attempt 3 lost its lease: idle {idle} ms > visibility timeout; starts {:?}",
@@ -1029,7 +857,7 @@ async fn a_zombie_attempts_failure_does_not_release_the_lease_of_the_newer_attem
         "each attempt runs once, the newer one after the zombie"
     );
     assert_eq!(
-        runs.max_in_flight.load(Ordering::SeqCst),
+        runs.in_flight.max(),
         1,
         "two attempts of one event ran at once in one process: {starts:?}"
     );
@@ -1044,28 +872,35 @@ async fn a_zombie_attempts_failure_does_not_release_the_lease_of_the_newer_attem
 // ---------------------------------------------------------------------------------------------
 // 11. Status after a dead-letter script whose reply was lost
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_letter_re_sent_after_its_reply_was_lost_still_records_the_dead_status() {
-    metrics_init();
-    integration_tests::init_tracing();
-    let server = RedisServer::builder().start().expect("redis-server");
-    let upstream: SocketAddr = ([127, 0, 0, 1], server.port()).into();
-    let proxy = FaultProxy::start(upstream).expect("proxy");
-    let prefix = unique_prefix("t-lostdl");
-    // The worker talks to Redis through the proxy; the waiter directly.
-    let worker_bus = Bus::builder()
-        .prefix(prefix.clone())
-        .connect(&proxy.url())
-        .await
-        .expect("worker bus");
-    let observer = Bus::builder()
-        .prefix(prefix.clone())
-        .connect(&server.url())
-        .await
-        .expect("observer bus");
-    let group = "req-status";
-    let w = worker_bus
-        .worker()
+/// A worker (consumer `consumer`, if named) that rejects every `Req` in `group` (status tracked),
+/// on an own redis-server: the worker talks to Redis through a fault proxy, the observer (which
+/// publishes and waits) directly.
+struct RejectingBehindAProxy {
+    _redis: OwnRedis,
+    proxy: FaultProxy,
+    observer: Bus,
+    w: WorkerHandle,
+    /// The warm-up event's status (see [`rejecting_behind_a_proxy`]).
+    warm_up: GroupStatus,
+}
+
+/// Starts the setup above and warms it up: the dead-letter script is loaded into the server's
+/// cache, so a faulty call afterwards is the script run itself (not an EVALSHA answered with
+/// NOSCRIPT).
+async fn rejecting_behind_a_proxy(
+    label: &str,
+    group: &str,
+    consumer: Option<&str>,
+) -> RejectingBehindAProxy {
+    let redis = OwnRedis::start(label);
+    let proxy = redis.proxy();
+    let worker_bus = redis.bus_via(&proxy, None).await;
+    let observer = redis.bus(None).await;
+    let mut worker = worker_bus.worker();
+    if let Some(c) = consumer {
+        worker = worker.consumer_name(c);
+    }
+    let w = worker
         .subscribe(subscriber_fn(
             SubscriberOptions::new(group)
                 .track_status(true)
@@ -1075,15 +910,32 @@ async fn a_dead_letter_re_sent_after_its_reply_was_lost_still_records_the_dead_s
         .start()
         .await
         .expect("start");
-
-    // Warm-up: the dead-letter script is loaded into the server's cache, so the faulty call
-    // below is the script run itself (not an EVALSHA answered with NOSCRIPT).
     let p0 = observer.publish(&Req { n: 0 }).await.expect("publish");
-    let st0 = observer
+    let warm_up = observer
         .wait_for::<Req>(&p0.event_id, group, Duration::from_secs(10))
         .await
         .expect("warm-up status");
-    assert_eq!(st0.state, State::Dead);
+    RejectingBehindAProxy {
+        _redis: redis,
+        proxy,
+        observer,
+        w,
+        warm_up,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_re_sent_after_its_reply_was_lost_still_records_the_dead_status() {
+    metrics_init();
+    let group = "req-status";
+    let RejectingBehindAProxy {
+        _redis,
+        proxy,
+        observer,
+        w,
+        warm_up,
+    } = rejecting_behind_a_proxy("lostdl", group, None).await;
+    assert_eq!(warm_up.state, State::Dead);
 
     // Only the dead-letter script carries the reason argument `rejected` (the status write
     // carries the handler's error, "nope").
@@ -1123,39 +975,14 @@ async fn a_dead_letter_re_sent_after_its_reply_was_lost_still_records_the_dead_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_re_sent_after_many_other_dead_letters_still_records_the_dead_status() {
     metrics_init();
-    integration_tests::init_tracing();
-    let server = RedisServer::builder().start().expect("redis-server");
-    let upstream: SocketAddr = ([127, 0, 0, 1], server.port()).into();
-    let proxy = FaultProxy::start(upstream).expect("proxy");
-    let prefix = unique_prefix("t-lostdl16");
-    let worker_bus = Bus::builder()
-        .prefix(prefix.clone())
-        .connect(&proxy.url())
-        .await
-        .expect("worker bus");
-    let observer = Bus::builder()
-        .prefix(prefix.clone())
-        .connect(&server.url())
-        .await
-        .expect("observer bus");
     let group = "req-status16";
-    let w = worker_bus
-        .worker()
-        .consumer_name("w1")
-        .subscribe(subscriber_fn(
-            SubscriberOptions::new(group)
-                .track_status(true)
-                .block_timeout(Duration::from_millis(200)),
-            |_r: Req, _| async { Err::<(), _>(HandlerError::reject("nope")) },
-        ))
-        .start()
-        .await
-        .expect("start");
-    let p0 = observer.publish(&Req { n: 0 }).await.expect("publish");
-    observer
-        .wait_for::<Req>(&p0.event_id, group, Duration::from_secs(10))
-        .await
-        .expect("warm-up status");
+    let RejectingBehindAProxy {
+        _redis,
+        proxy,
+        observer,
+        w,
+        ..
+    } = rejecting_behind_a_proxy("lostdl16", group, Some("w1")).await;
 
     let fault = proxy.lose_reply_after(b"$8\r\nrejected\r\n");
     // The worker's reconnect is refused until the other dead letters are written.

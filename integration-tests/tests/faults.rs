@@ -12,16 +12,20 @@
 //! synchronisation: every outcome is awaited with a bounded timeout.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bus_core::{subscriber_fn, Bus, DeadLetter, Event, HandlerError, SubscriberOptions};
+use bus_core::{
+    subscriber_fn, Bus, DeadLetter, Event, HandlerError, Subscriber, SubscriberOptions,
+    WorkerHandle,
+};
 use fred::prelude::*;
-use fred::types::Value;
-use integration_tests::proxy::FaultProxy;
-use integration_tests::{init_tracing, unique_prefix, RedisServer, TestEnv};
+use integration_tests::support::{
+    attempt_records_key, create_group, read_as, start_worker, OwnRedis,
+};
+use integration_tests::TestEnv;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 const STREAM: &str = "jobs";
 const GROUP: &str = "g";
@@ -68,29 +72,15 @@ impl Runs {
             .get(&n)
             .is_some_and(|r| r.iter().any(|(_, ok)| *ok))
     }
-}
 
-/// An own `redis-server` (faults must not touch the shared one), or `None` to skip.
-fn own_redis() -> Option<RedisServer> {
-    init_tracing();
-    if !integration_tests::redis_server_available() {
-        eprintln!("skipping: needs redis-server on PATH");
-        return None;
+    /// Waits until each of `ns` has started a run; panics with `never` after `PROMPT`.
+    async fn wait_started(&self, ns: &[u64], never: &str) {
+        let deadline = Instant::now() + PROMPT;
+        while ns.iter().any(|n| self.attempts(*n).is_empty()) {
+            assert!(Instant::now() < deadline, "{never}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
-    Some(RedisServer::start().expect("redis-server"))
-}
-
-fn addr(redis: &RedisServer) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], redis.port()))
-}
-
-async fn connect(url: &str, prefix: &str, command_timeout: Duration) -> Bus {
-    Bus::builder()
-        .prefix(prefix)
-        .command_timeout(command_timeout)
-        .connect(url)
-        .await
-        .expect("connect")
 }
 
 /// Entries of the stream pending for the group (`u64::MAX` when Redis does not answer).
@@ -108,13 +98,9 @@ async fn dead_letters(bus: &Bus) -> Vec<DeadLetter> {
         .expect("list dead letters")
 }
 
-fn retry_key(prefix: &str) -> String {
-    format!("{prefix}:{{{STREAM}}}:retry:{GROUP}")
-}
-
 async fn records(bus: &Bus, prefix: &str) -> u64 {
     bus.redis()
-        .hlen(retry_key(prefix).as_str())
+        .hlen(attempt_records_key(prefix, STREAM, GROUP).as_str())
         .await
         .expect("HLEN")
 }
@@ -141,6 +127,41 @@ async fn settle(bus: &Bus, runs: &Runs, ns: &[u64], what: &str) -> Vec<DeadLette
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a scenario expects once its events settled.
+struct Expect<'a> {
+    /// The events (see [`settle`]) and what to call them in a timeout message.
+    ns: &'a [u64],
+    what: &'a str,
+    /// The attempt numbers each event ran with.
+    attempts: &'a [u32],
+    /// What a dead letter would mean.
+    dead_lettered: &'a str,
+}
+
+/// Event 1 retried once: its attempts 1 and 2 ran, and it was not dead-lettered.
+const EVENT_1_RETRIED: Expect<'static> = Expect {
+    ns: &[1],
+    what: "the second attempt",
+    attempts: &[1, 2],
+    dead_lettered: "dead-lettered without its second run",
+};
+
+/// As [`settle`], then shuts `w` down and checks `expect`.
+async fn settle_and_stop(bus: &Bus, runs: &Runs, w: WorkerHandle, expect: Expect<'_>) {
+    let dead = settle(bus, runs, expect.ns, expect.what).await;
+    w.shutdown().await.expect("shutdown");
+    assert!(
+        dead.is_empty(),
+        "{}: {:?}; runs {:?}",
+        expect.dead_lettered,
+        explain(&dead),
+        runs.snapshot()
+    );
+    for n in expect.ns {
+        assert_eq!(runs.attempts(*n), expect.attempts, "{:?}", runs.snapshot());
     }
 }
 
@@ -173,8 +194,60 @@ async fn warm_up(bus: &Bus, prefix: &str, runs: &Runs, n: u64) {
     assert_eq!(runs.attempts(n), vec![1, 2], "warm-up");
 }
 
+/// Options for events retried once, `backoff` after their first attempt (`max_attempts = 2`).
+fn one_retry_after(backoff: Duration) -> SubscriberOptions {
+    SubscriberOptions::new(GROUP)
+        .max_attempts(2)
+        .backoff_min(backoff)
+        .backoff_max(backoff)
+}
+
+/// Starts a worker on `worker_bus` with `opts` whose handler fails every event's first attempt
+/// and succeeds after, and warms it up with event 0 (see [`warm_up`]).
+async fn start_warm_retrying_worker(
+    direct: &Bus,
+    worker_bus: &Bus,
+    prefix: &str,
+    opts: SubscriberOptions,
+) -> (Runs, WorkerHandle) {
+    let runs = Runs::default();
+    let w = start_worker(worker_bus, fail_first_attempt(opts, &runs)).await;
+    warm_up(direct, prefix, &runs, 0).await;
+    (runs, w)
+}
+
+/// A handler that records every run and succeeds.
+fn record_all(opts: SubscriberOptions, runs: &Runs) -> impl Subscriber {
+    let runs = runs.clone();
+    subscriber_fn(opts, move |j: Job, ctx| {
+        let runs = runs.clone();
+        async move {
+            runs.record(j.n, ctx.attempt(), true);
+            Ok::<_, HandlerError>(())
+        }
+    })
+}
+
+/// A handler that records the start (not succeeded) and the end (succeeded) of every run, and
+/// succeeds. The first run of event `n < gates.len()` waits in between for a permit of `gates[n]`.
+fn gated(opts: SubscriberOptions, runs: &Runs, gates: Vec<Arc<Semaphore>>) -> impl Subscriber {
+    let runs = runs.clone();
+    subscriber_fn(opts, move |j: Job, ctx| {
+        let (runs, gates) = (runs.clone(), gates.clone());
+        async move {
+            let first_run = runs.attempts(j.n).is_empty();
+            runs.record(j.n, ctx.attempt(), false);
+            if let (true, Some(g)) = (first_run, gates.get(j.n as usize)) {
+                let _ = g.acquire().await.expect("gate");
+            }
+            runs.record(j.n, ctx.attempt(), true);
+            Ok::<_, HandlerError>(())
+        }
+    })
+}
+
 /// A handler that fails every event's first attempt and succeeds after.
-fn fail_first_attempt(opts: SubscriberOptions, runs: &Runs) -> impl bus_core::Subscriber {
+fn fail_first_attempt(opts: SubscriberOptions, runs: &Runs) -> impl Subscriber {
     let runs = runs.clone();
     subscriber_fn(opts, move |j: Job, ctx| {
         let runs = runs.clone();
@@ -204,16 +277,12 @@ async fn entries_claimed_by_the_scanner_are_handled_when_the_connection_breaks_r
 ) {
     const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
     const VT: Duration = Duration::from_secs(1);
-    let Some(redis) = own_redis() else { return };
-    let proxy = FaultProxy::start(addr(&redis)).expect("proxy");
-    let prefix = unique_prefix("t-faults-claim");
-    let direct = connect(&redis.url(), &prefix, PROMPT).await;
-    let key = direct.stream_key(STREAM).expect("key");
-    let _: Value = direct
-        .redis()
-        .xgroup_create(key.as_str(), GROUP, "0", true)
-        .await
-        .expect("XGROUP CREATE");
+    let Some(redis) = OwnRedis::start_or_skip("faults-claim") else {
+        return;
+    };
+    let proxy = redis.proxy();
+    let direct = redis.bus(Some(PROMPT)).await;
+    create_group(&direct, STREAM, GROUP).await;
     let mut ids = Vec::new();
     let ns: Vec<u64> = (0..5).collect();
     for n in &ns {
@@ -226,34 +295,18 @@ async fn entries_claimed_by_the_scanner_are_handled_when_the_connection_breaks_r
         );
     }
     // A consumer that received them and died: they come back through the scanner only.
-    let _: Value = direct
-        .redis()
-        .xreadgroup(GROUP, "dead", Some(10), None, false, key.as_str(), ">")
-        .await
-        .expect("XREADGROUP as the dead consumer");
+    read_as(&direct, STREAM, GROUP, "dead", 10).await;
     assert_eq!(pending(&direct).await, 5);
 
     // Armed before the worker exists: nothing but the claim path sends an entry id.
     let fault = proxy.lose_reply_after(ids[0].as_bytes());
-    let worker_bus = connect(&proxy.url(), &prefix, COMMAND_TIMEOUT).await;
+    let worker_bus = redis.bus_via(&proxy, Some(COMMAND_TIMEOUT)).await;
     let runs = Runs::default();
-    let r2 = runs.clone();
     // Reads block for less than the command timeout (a longer block is another hole, below).
     let opts = SubscriberOptions::new(GROUP)
         .visibility_timeout(VT)
         .block_timeout(Duration::from_millis(500));
-    let w = worker_bus
-        .worker()
-        .subscribe(subscriber_fn(opts, move |j: Job, ctx| {
-            let r2 = r2.clone();
-            async move {
-                r2.record(j.n, ctx.attempt(), true);
-                Ok::<_, HandlerError>(())
-            }
-        }))
-        .start()
-        .await
-        .expect("start");
+    let w = start_worker(&worker_bus, record_all(opts, &runs)).await;
     // The worker's connections are up; a broken one cannot come back while this holds.
     proxy.refuse(true);
     assert!(
@@ -289,23 +342,14 @@ async fn entries_claimed_by_the_scanner_are_handled_when_the_connection_breaks_r
 /// take and dead-letter scripts carry).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_take_whose_reply_is_lost_counts_one_attempt_not_two() {
-    let Some(redis) = own_redis() else { return };
-    let proxy = FaultProxy::start(addr(&redis)).expect("proxy");
-    let prefix = unique_prefix("t-faults-lost-take");
-    let direct = connect(&redis.url(), &prefix, PROMPT).await;
-    let worker_bus = connect(&proxy.url(), &prefix, Duration::from_secs(5)).await;
-    let runs = Runs::default();
-    let opts = SubscriberOptions::new(GROUP)
-        .max_attempts(2)
-        .backoff_min(Duration::from_millis(200))
-        .backoff_max(Duration::from_millis(200));
-    let w = worker_bus
-        .worker()
-        .subscribe(fail_first_attempt(opts, &runs))
-        .start()
-        .await
-        .expect("start");
-    warm_up(&direct, &prefix, &runs, 0).await;
+    let Some(redis) = OwnRedis::start_or_skip("faults-lost-take") else {
+        return;
+    };
+    let proxy = redis.proxy();
+    let direct = redis.bus(Some(PROMPT)).await;
+    let worker_bus = redis.bus_via(&proxy, Some(Duration::from_secs(5))).await;
+    let opts = one_retry_after(Duration::from_millis(200));
+    let (runs, w) = start_warm_retrying_worker(&direct, &worker_bus, &redis.prefix, opts).await;
 
     let dlq_key = direct.dead_letter_key(STREAM, GROUP).expect("dlq key");
     let fault = proxy.lose_reply_after(dlq_key.as_bytes());
@@ -314,34 +358,20 @@ async fn a_take_whose_reply_is_lost_counts_one_attempt_not_two() {
         fault.wait_fired(PROMPT).await,
         "the take of the second attempt was never sent"
     );
-    let dead = settle(&direct, &runs, &[1], "the second attempt").await;
-    w.shutdown().await.expect("shutdown");
-    assert!(
-        dead.is_empty(),
-        "dead-lettered without its second run: {:?}; runs {:?}",
-        explain(&dead),
-        runs.snapshot()
-    );
-    assert_eq!(runs.attempts(1), vec![1, 2], "{:?}", runs.snapshot());
+    settle_and_stop(&direct, &runs, w, EVENT_1_RETRIED).await;
 }
 
 /// Holds until every id in `n` retry records exist, then stalls Redis for `stall` (the takes of
 /// the retries, due meanwhile, are sent into the stall), and resumes it.
-async fn stall_while_retries_are_due(
-    redis: &RedisServer,
-    direct: &Bus,
-    prefix: &str,
-    n: u64,
-    stall: Duration,
-) {
+async fn stall_while_retries_are_due(redis: &OwnRedis, direct: &Bus, n: u64, stall: Duration) {
     let deadline = Instant::now() + PROMPT;
-    while records(direct, prefix).await < n {
+    while records(direct, &redis.prefix).await < n {
         assert!(Instant::now() < deadline, "the retries were never recorded");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    redis.pause().expect("SIGSTOP");
+    redis.server.pause().expect("SIGSTOP");
     tokio::time::sleep(stall).await;
-    redis.resume().expect("SIGCONT");
+    redis.server.resume().expect("SIGCONT");
 }
 
 /// Hole: a take that times out on the client while Redis is stalled is re-sent; after the stall
@@ -350,93 +380,46 @@ async fn stall_while_retries_are_due(
 async fn a_take_stalled_past_the_command_timeout_counts_one_attempt_not_two() {
     const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
     const BACKOFF: Duration = Duration::from_secs(1);
-    let Some(redis) = own_redis() else { return };
-    let prefix = unique_prefix("t-faults-stalled-take");
-    let direct = connect(&redis.url(), &prefix, PROMPT).await;
-    let worker_bus = connect(&redis.url(), &prefix, COMMAND_TIMEOUT).await;
-    let runs = Runs::default();
-    let opts = SubscriberOptions::new(GROUP)
-        .max_attempts(2)
-        .backoff_min(BACKOFF)
-        .backoff_max(BACKOFF)
-        .block_timeout(Duration::from_millis(500));
-    let w = worker_bus
-        .worker()
-        .subscribe(fail_first_attempt(opts, &runs))
-        .start()
-        .await
-        .expect("start");
-    warm_up(&direct, &prefix, &runs, 0).await;
+    let Some(redis) = OwnRedis::start_or_skip("faults-stalled-take") else {
+        return;
+    };
+    let direct = redis.bus(Some(PROMPT)).await;
+    let worker_bus = redis.bus(Some(COMMAND_TIMEOUT)).await;
+    let opts = one_retry_after(BACKOFF).block_timeout(Duration::from_millis(500));
+    let (runs, w) = start_warm_retrying_worker(&direct, &worker_bus, &redis.prefix, opts).await;
 
     direct.publish(&Job { n: 1 }).await.expect("publish");
     // The take is sent a second after the record, into the stall, and times out (and is re-sent)
     // more than once before Redis answers again.
-    stall_while_retries_are_due(&redis, &direct, &prefix, 1, BACKOFF + COMMAND_TIMEOUT * 3).await;
-    let dead = settle(&direct, &runs, &[1], "the second attempt").await;
-    w.shutdown().await.expect("shutdown");
-    assert!(
-        dead.is_empty(),
-        "dead-lettered without its second run: {:?}; runs {:?}",
-        explain(&dead),
-        runs.snapshot()
-    );
-    assert_eq!(runs.attempts(1), vec![1, 2], "{:?}", runs.snapshot());
+    stall_while_retries_are_due(&redis, &direct, 1, BACKOFF + COMMAND_TIMEOUT * 3).await;
+    settle_and_stop(&direct, &runs, w, EVENT_1_RETRIED).await;
 }
 
 /// The scenario: Redis SIGSTOPped for 12 s with the default timeouts while several
 /// events wait for their second attempt. No attempt is skipped, nothing is dead-lettered early.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_twelve_second_redis_stall_with_default_timeouts_skips_no_attempt() {
-    let Some(redis) = own_redis() else { return };
-    let prefix = unique_prefix("t-faults-sigstop");
-    let direct = connect(&redis.url(), &prefix, Duration::from_secs(30)).await;
+    let Some(redis) = OwnRedis::start_or_skip("faults-sigstop") else {
+        return;
+    };
+    let direct = redis.bus(Some(Duration::from_secs(30))).await;
     // Default command timeout (10 s).
-    let worker_bus = Bus::builder()
-        .prefix(prefix.clone())
-        .connect(&redis.url())
-        .await
-        .expect("connect");
-    let runs = Runs::default();
-    let opts = SubscriberOptions::new(GROUP)
-        .max_attempts(2)
-        .backoff_min(Duration::from_secs(1))
-        .backoff_max(Duration::from_secs(1));
-    let w = worker_bus
-        .worker()
-        .subscribe(fail_first_attempt(opts, &runs))
-        .start()
-        .await
-        .expect("start");
-    warm_up(&direct, &prefix, &runs, 0).await;
+    let worker_bus = redis.bus(None).await;
+    let opts = one_retry_after(Duration::from_secs(1));
+    let (runs, w) = start_warm_retrying_worker(&direct, &worker_bus, &redis.prefix, opts).await;
 
     let ns: Vec<u64> = (1..=6).collect();
     for n in &ns {
         direct.publish(&Job { n: *n }).await.expect("publish");
     }
-    stall_while_retries_are_due(&redis, &direct, &prefix, 6, Duration::from_secs(12)).await;
-    let dead = settle(&direct, &runs, &ns, "every second attempt after the stall").await;
-    w.shutdown().await.expect("shutdown");
-    assert!(
-        dead.is_empty(),
-        "dead-lettered early: {:?}; runs {:?}",
-        explain(&dead),
-        runs.snapshot()
-    );
-    for n in &ns {
-        assert_eq!(runs.attempts(*n), vec![1, 2], "{:?}", runs.snapshot());
-    }
-}
-
-/// A handler that records every run and succeeds.
-fn record_all(opts: SubscriberOptions, runs: &Runs) -> impl bus_core::Subscriber {
-    let runs = runs.clone();
-    subscriber_fn(opts, move |j: Job, ctx| {
-        let runs = runs.clone();
-        async move {
-            runs.record(j.n, ctx.attempt(), true);
-            Ok::<_, HandlerError>(())
-        }
-    })
+    stall_while_retries_are_due(&redis, &direct, 6, Duration::from_secs(12)).await;
+    let expect = Expect {
+        ns: &ns,
+        what: "every second attempt after the stall",
+        attempts: &[1, 2],
+        dead_lettered: "dead-lettered early",
+    };
+    settle_and_stop(&direct, &runs, w, expect).await;
 }
 
 /// Hole: with a blocking read longer than the command timeout, the old reader timed out on the
@@ -456,13 +439,7 @@ async fn blocking_reads_longer_than_the_command_timeout_orphan_no_delivery() {
         .max_attempts(1)
         .visibility_timeout(Duration::from_secs(1))
         .block_timeout(Duration::from_secs(3));
-    let w = env
-        .bus
-        .worker()
-        .subscribe(record_all(opts, &runs))
-        .start()
-        .await
-        .expect("start");
+    let w = start_worker(&env.bus, record_all(opts, &runs)).await;
     let ns: Vec<u64> = (0..6).collect();
     for pair in ns.chunks(2) {
         // The scenario, not synchronisation: the worker idles in its blocking read for 2 s, past
@@ -472,23 +449,13 @@ async fn blocking_reads_longer_than_the_command_timeout_orphan_no_delivery() {
             env.bus.publish(&Job { n: *n }).await.expect("publish");
         }
     }
-    let dead = settle(
-        &env.bus,
-        &runs,
-        &ns,
-        "the events published during blocked reads",
-    )
-    .await;
-    w.shutdown().await.expect("shutdown");
-    assert!(
-        dead.is_empty(),
-        "deliveries orphaned by timed-out reads were dead-lettered: {:?}; runs {:?}",
-        explain(&dead),
-        runs.snapshot()
-    );
-    for n in &ns {
-        assert_eq!(runs.attempts(*n), vec![1], "{:?}", runs.snapshot());
-    }
+    let expect = Expect {
+        ns: &ns,
+        what: "the events published during blocked reads",
+        attempts: &[1],
+        dead_lettered: "deliveries orphaned by timed-out reads were dead-lettered",
+    };
+    settle_and_stop(&env.bus, &runs, w, expect).await;
 }
 
 /// Hole: a read whose reply is lost with its connection has delivered its entries to this
@@ -498,43 +465,24 @@ async fn blocking_reads_longer_than_the_command_timeout_orphan_no_delivery() {
 /// gets all five, is the one that loses its reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_reply_is_lost_burns_no_attempt() {
-    let Some(redis) = own_redis() else { return };
-    let proxy = FaultProxy::start(addr(&redis)).expect("proxy");
-    let prefix = unique_prefix("t-faults-lost-read");
-    let direct = connect(&redis.url(), &prefix, PROMPT).await;
-    let worker_bus = connect(&proxy.url(), &prefix, Duration::from_secs(5)).await;
+    let Some(redis) = OwnRedis::start_or_skip("faults-lost-read") else {
+        return;
+    };
+    let proxy = redis.proxy();
+    let direct = redis.bus(Some(PROMPT)).await;
+    let worker_bus = redis.bus_via(&proxy, Some(Duration::from_secs(5))).await;
     let runs = Runs::default();
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let (r2, g2) = (runs.clone(), gate.clone());
+    // The first event holds the only slot until the test lets it go.
+    let gate = Arc::new(Semaphore::new(0));
     let opts = SubscriberOptions::new(GROUP)
         .max_attempts(1)
         .concurrency(1)
         .prefetch(10)
         .visibility_timeout(Duration::from_secs(1))
         .block_timeout(Duration::from_millis(500));
-    let w = worker_bus
-        .worker()
-        .subscribe(subscriber_fn(opts, move |j: Job, ctx| {
-            let (r2, g2) = (r2.clone(), g2.clone());
-            async move {
-                r2.record(j.n, ctx.attempt(), false);
-                if j.n == 0 {
-                    // The first event holds the only slot until the test lets it go.
-                    let _ = g2.acquire().await.expect("gate");
-                }
-                r2.record(j.n, ctx.attempt(), true);
-                Ok::<_, HandlerError>(())
-            }
-        }))
-        .start()
-        .await
-        .expect("start");
+    let w = start_worker(&worker_bus, gated(opts, &runs, vec![gate.clone()])).await;
     direct.publish(&Job { n: 0 }).await.expect("publish");
-    let deadline = Instant::now() + PROMPT;
-    while runs.attempts(0).is_empty() {
-        assert!(Instant::now() < deadline, "the first event never ran");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    runs.wait_started(&[0], "the first event never ran").await;
     // The reader waits for the slot: no read until the first event is done.
     let ns: Vec<u64> = (0..6).collect();
     for n in &ns[1..] {
@@ -546,18 +494,14 @@ async fn a_read_whose_reply_is_lost_burns_no_attempt() {
         fault.wait_fired(PROMPT).await,
         "the read after the first event was never sent"
     );
-    let dead = settle(&direct, &runs, &ns, "the entries of the lost read").await;
-    w.shutdown().await.expect("shutdown");
-    assert!(
-        dead.is_empty(),
-        "entries of a lost read were dead-lettered: {:?}; runs {:?}",
-        explain(&dead),
-        runs.snapshot()
-    );
-    for n in &ns {
+    let expect = Expect {
+        ns: &ns,
+        what: "the entries of the lost read",
         // Recorded at the start and at the end of the one run.
-        assert_eq!(runs.attempts(*n), vec![1, 1], "{:?}", runs.snapshot());
-    }
+        attempts: &[1, 1],
+        dead_lettered: "entries of a lost read were dead-lettered",
+    };
+    settle_and_stop(&direct, &runs, w, expect).await;
 }
 
 /// After a failed read, the read loop takes this consumer's unheld once-delivered entries as lost
@@ -569,44 +513,23 @@ async fn a_read_whose_reply_is_lost_burns_no_attempt() {
 /// the resume inside the acker's pause after its 6th failed try.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handled_entries_whose_ack_is_queued_are_not_run_again_after_a_failed_read() {
-    let Some(redis) = own_redis() else { return };
-    let prefix = unique_prefix("t-faults-queued-ack");
-    let direct = connect(&redis.url(), &prefix, Duration::from_secs(30)).await;
-    let worker_bus = connect(&redis.url(), &prefix, Duration::from_secs(1)).await;
+    let Some(redis) = OwnRedis::start_or_skip("faults-queued-ack") else {
+        return;
+    };
+    let direct = redis.bus(Some(Duration::from_secs(30))).await;
+    let worker_bus = redis.bus(Some(Duration::from_secs(1))).await;
     let runs = Runs::default();
-    let gates: Vec<Arc<tokio::sync::Semaphore>> = (0..4)
-        .map(|_| Arc::new(tokio::sync::Semaphore::new(0)))
-        .collect();
-    let (r2, g2) = (runs.clone(), gates.clone());
+    let gates: Vec<Arc<Semaphore>> = (0..4).map(|_| Arc::new(Semaphore::new(0))).collect();
     let opts = SubscriberOptions::new(GROUP)
         .concurrency(8)
         .block_timeout(Duration::from_millis(500));
-    let w = worker_bus
-        .worker()
-        .subscribe(subscriber_fn(opts, move |j: Job, ctx| {
-            let (r2, g2) = (r2.clone(), g2.clone());
-            async move {
-                let first_run = r2.attempts(j.n).is_empty();
-                r2.record(j.n, ctx.attempt(), false);
-                if let (true, Some(g)) = (first_run, g2.get(j.n as usize)) {
-                    let _ = g.acquire().await.expect("gate");
-                }
-                r2.record(j.n, ctx.attempt(), true);
-                Ok::<_, HandlerError>(())
-            }
-        }))
-        .start()
-        .await
-        .expect("start");
+    let w = start_worker(&worker_bus, gated(opts, &runs, gates.clone())).await;
     for n in 0..4 {
         direct.publish(&Job { n }).await.expect("publish");
     }
-    let deadline = Instant::now() + PROMPT;
-    while (0..4).any(|n| runs.attempts(n).is_empty()) {
-        assert!(Instant::now() < deadline, "the four events never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    redis.pause().expect("SIGSTOP");
+    runs.wait_started(&[0, 1, 2, 3], "the four events never started")
+        .await;
+    redis.server.pause().expect("SIGSTOP");
     let paused = Instant::now();
     gates[0].add_permits(1);
     while !runs.succeeded(0) {
@@ -624,7 +547,7 @@ async fn handled_entries_whose_ack_is_queued_are_not_run_again_after_a_failed_re
     let d2 = direct.clone();
     let trigger = tokio::spawn(async move { d2.publish(&Job { n: 100 }).await });
     tokio::time::sleep(Duration::from_secs(8).saturating_sub(paused.elapsed())).await;
-    redis.resume().expect("SIGCONT");
+    redis.server.resume().expect("SIGCONT");
     trigger.await.expect("join").expect("publish");
     let ns = [0, 1, 2, 3, 100];
     let dead = settle(&direct, &runs, &ns, "every event").await;

@@ -8,14 +8,22 @@
 //! (`handler_timeout`, `max_held`).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bus_core::{subscriber_fn, Bus, Event, HandlerError, SubscriberOptions};
+use bus_core::{
+    subscriber_fn, Bus, DeadLetter, DeadLetters, Event, HandlerError, Published, SubscriberOptions,
+    WorkerHandle,
+};
 use fred::prelude::*;
 use fred::types::Value;
 use integration_tests::procs::{read_ledgers, LedgerLine, Task, TempDir, WorkerArgs, WorkerProc};
+use integration_tests::support::{
+    claim_for, create_group, dead_letter_count, group_info, pending, pending_entry, read_as,
+    start_worker, Gauge,
+};
 use integration_tests::{eventually, Recorder, TestEnv};
 use serde::{Deserialize, Serialize};
 
@@ -30,39 +38,6 @@ struct Work {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// Handlers running right now and the most ever running at once. Entered by a handler; the
-/// guard leaves on drop, so an abandoned (dropped) handler future leaves too.
-#[derive(Debug, Default)]
-struct Gauge {
-    now: AtomicUsize,
-    max: AtomicUsize,
-}
-
-impl Gauge {
-    fn enter(self: &Arc<Self>) -> GaugeGuard {
-        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max.fetch_max(now, Ordering::SeqCst);
-        GaugeGuard(self.clone())
-    }
-
-    fn now(&self) -> usize {
-        self.now.load(Ordering::SeqCst)
-    }
-
-    fn max(&self) -> usize {
-        self.max.load(Ordering::SeqCst)
-    }
-}
-
-#[derive(Debug)]
-struct GaugeGuard(Arc<Gauge>);
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.now.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// Records `key` when dropped (to see that an abandoned handler future was dropped).
 #[derive(Debug)]
 struct OnDrop(Recorder, String);
@@ -73,15 +48,9 @@ impl Drop for OnDrop {
     }
 }
 
-async fn pending(bus: &Bus, stream: &str) -> u64 {
-    integration_tests::pending_count(bus, stream, "g")
-        .await
-        .expect("XPENDING")
-}
-
 /// The group's attempt-record hash (normal lane) for `stream`.
 fn records_key(env: &TestEnv, stream: &str) -> String {
-    format!("{}:{{{stream}}}:retry:g", env.prefix)
+    env.attempt_records_key(stream, "g")
 }
 
 async fn record_of(bus: &Bus, key: &str, id: &str) -> Option<String> {
@@ -92,30 +61,22 @@ async fn records(bus: &Bus, key: &str) -> HashMap<String, String> {
     bus.redis().hgetall(key).await.expect("HGETALL")
 }
 
-/// Who has entry `id` pending, and its delivery count.
-async fn pending_owner(bus: &Bus, stream: &str, id: &str) -> Option<(String, u64)> {
-    let key = bus.stream_key(stream).expect("key");
-    let rows: Vec<(String, String, u64, u64)> = bus
-        .redis()
-        .xpending(key.as_str(), "g", (id, id, 1))
-        .await
-        .expect("XPENDING");
-    rows.into_iter().next().map(|r| (r.1, r.3))
+/// The records left in `key` once it emptied or `within` passed.
+async fn records_left(bus: &Bus, key: &str, within: Duration) -> HashMap<String, String> {
+    let _ = tokio::time::timeout(within, async {
+        while !records(bus, key).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    records(bus, key).await
 }
 
 /// A field of the group's XINFO GROUPS row.
 async fn group_field(bus: &Bus, stream: &str, field: &str) -> Option<u64> {
-    let key = bus.stream_key(stream).expect("key");
-    let groups: Vec<HashMap<String, Value>> = bus
-        .redis()
-        .xinfo_groups(key.as_str())
+    group_info(bus, stream, "g")
         .await
-        .expect("XINFO GROUPS");
-    groups
-        .iter()
-        .find(|g| g.get("name").and_then(Value::as_string).as_deref() == Some("g"))
-        .and_then(|g| g.get(field))
-        .and_then(Value::as_u64)
+        .and_then(|g| g.get(field).and_then(Value::as_u64))
 }
 
 /// The pending count XINFO CONSUMERS reports for one consumer of the group.
@@ -133,21 +94,6 @@ async fn consumer_pending(bus: &Bus, stream: &str, consumer: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Creates group `g` on `stream` and lets consumer "dead" read `n` entries: they stay pending
-/// for a consumer that never acknowledges them, with no attempt record (a crashed worker).
-async fn leave_pending_with_dead_consumer(bus: &Bus, stream: &str, n: u64) {
-    let key = bus.stream_key(stream).expect("key");
-    let r = bus.redis();
-    let _: Value = r
-        .xgroup_create(key.as_str(), "g", "0", true)
-        .await
-        .expect("XGROUP CREATE");
-    let _: Value = r
-        .xreadgroup("g", "dead", Some(n), None, false, key.as_str(), ">")
-        .await
-        .expect("XREADGROUP");
-}
-
 /// Waits until a ledger line matches `pred`; returns it.
 async fn ledger_line(dir: &TempDir, what: &str, pred: impl Fn(&LedgerLine) -> bool) -> LedgerLine {
     let deadline = Instant::now() + T;
@@ -158,6 +104,374 @@ async fn ledger_line(dir: &TempDir, what: &str, pred: impl Fn(&LedgerLine) -> bo
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Polls until `done` holds. Panics with `dead_lettered(d)` if a dead letter `d` shows up first,
+/// and with `never` after `T`.
+async fn until_unless_dead_lettered<F, Fut>(
+    dlq: &DeadLetters,
+    never: &str,
+    mut done: F,
+    dead_lettered: impl Fn(&DeadLetter) -> String,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + T;
+    while !done().await {
+        if dlq.count().await.expect("n") > 0 {
+            let d = &dlq.list(1).await.expect("list")[0];
+            panic!("{}", dead_lettered(d));
+        }
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios shared by several tests
+
+/// Hole 2's setup: a suspect (event 1000, left pending by a dead consumer, no attempt record) and
+/// event 0, whose handler hangs on every attempt, run by a worker (concurrency 4) with `opts`.
+/// Returns once event 0 hangs (`hang` says what is awaited), the worker's scanner has claimed the
+/// suspect (it now waits to run alone) and events 1 to 10 are published.
+struct HungBesideSuspect {
+    env: TestEnv,
+    suspect: Published,
+    hung: Published,
+    rec: Recorder,
+    w: WorkerHandle,
+}
+
+async fn hung_handler_beside_a_waiting_suspect(
+    label: &str,
+    opts: SubscriberOptions,
+    hang: &str,
+) -> HungBesideSuspect {
+    let env = TestEnv::new(label).await;
+    let suspect = env.bus.publish(&Work { n: 1000 }).await.expect("publish");
+    create_group(&env.bus, "held", "g").await;
+    read_as(&env.bus, "held", "g", "dead", 1).await;
+    let hung = env.bus.publish(&Work { n: 0 }).await.expect("publish");
+    let rec = Recorder::new();
+    let gauge = Arc::new(Gauge::default());
+    let (r2, g2) = (rec.clone(), gauge.clone());
+    let w = env
+        .bus
+        .worker()
+        .shutdown_grace(Duration::from_millis(200))
+        .subscribe(subscriber_fn(
+            opts.concurrency(4)
+                .visibility_timeout(Duration::from_millis(300))
+                .block_timeout(Duration::from_millis(200)),
+            move |w: Work, ctx| {
+                let (r2, g2) = (r2.clone(), g2.clone());
+                async move {
+                    let _running = g2.enter();
+                    r2.record(format!("{}@{}", w.n, ctx.attempt()));
+                    if w.n == 1000 {
+                        r2.record(format!("suspect ran beside {}", g2.now() - 1));
+                    }
+                    if w.n == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    r2.record(format!("done {}", w.n));
+                    Ok::<_, HandlerError>(())
+                }
+            },
+        ))
+        .start()
+        .await
+        .expect("start");
+    let me = w.consumer_name().to_owned();
+    rec.wait_for(T, hang, |s| s.contains_key("0@1")).await;
+    // The scanner claims the suspect (idle past the visibility timeout): it now waits to run
+    // alone.
+    eventually(T, "the suspect claimed by the worker", || async {
+        pending_entry(&env.bus, "held", "g", &suspect.entry_id)
+            .await
+            .is_some_and(|p| p.consumer == me)
+    })
+    .await;
+    let fresh: Vec<Work> = (1..=10).map(|n| Work { n }).collect();
+    env.bus.publish_batch(&fresh).await.expect("publish");
+    HungBesideSuspect {
+        env,
+        suspect,
+        hung,
+        rec,
+        w,
+    }
+}
+
+/// Hole 5's setup: `events` events are published, then a worker with `opts` takes them while every
+/// attempt fails ("downstream is down") until [`end`](Outage::end).
+struct Outage {
+    env: TestEnv,
+    events: u64,
+    down: Arc<AtomicBool>,
+    /// Failed attempts.
+    failed: Arc<AtomicUsize>,
+    /// Every attempt started: (event, attempt).
+    starts: Arc<Mutex<Vec<(u64, u32)>>>,
+    /// Events handled.
+    ok: Recorder,
+    w: WorkerHandle,
+    me: String,
+}
+
+impl Outage {
+    async fn start(label: &str, events: u64, opts: SubscriberOptions) -> Outage {
+        let env = TestEnv::new(label).await;
+        let all: Vec<Work> = (0..events).map(|n| Work { n }).collect();
+        for chunk in all.chunks(100) {
+            env.bus.publish_batch(chunk).await.expect("publish");
+        }
+        let down = Arc::new(AtomicBool::new(true));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let starts: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
+        let ok = Recorder::new();
+        let (d2, f2, s2, ok2) = (down.clone(), failed.clone(), starts.clone(), ok.clone());
+        let w = start_worker(
+            &env.bus,
+            subscriber_fn(opts, move |w: Work, ctx| {
+                let (d2, f2, s2, ok2) = (d2.clone(), f2.clone(), s2.clone(), ok2.clone());
+                async move {
+                    s2.lock().expect("lock").push((w.n, ctx.attempt()));
+                    if d2.load(Ordering::SeqCst) {
+                        f2.fetch_add(1, Ordering::SeqCst);
+                        return Err(HandlerError::retry("downstream is down"));
+                    }
+                    ok2.record(w.n.to_string());
+                    Ok(())
+                }
+            }),
+        )
+        .await;
+        let me = w.consumer_name().to_owned();
+        Outage {
+            env,
+            events,
+            down,
+            failed,
+            starts,
+            ok,
+            w,
+            me,
+        }
+    }
+
+    /// Waits until the first retry starts; returns the events taken from the stream until then.
+    async fn taken_until_the_first_retry(&self) -> HashSet<u64> {
+        eventually(T, "the first retry to start", || async {
+            self.starts
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|(_, a)| *a >= 2)
+        })
+        .await;
+        self.starts
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// Ends the outage, waits until every event is handled (within `timeout`; `what` names it)
+    /// and acknowledged, and shuts the worker down.
+    async fn end(self, timeout: Duration, what: &str) -> TestEnv {
+        self.down.store(false, Ordering::SeqCst);
+        let events = self.events as usize;
+        self.ok.wait_for(timeout, what, |s| s.len() == events).await;
+        eventually(T, "all acknowledged", || async {
+            pending(&self.env.bus, "held", "g").await == 0
+        })
+        .await;
+        self.w.shutdown().await.expect("shutdown");
+        self.env
+    }
+}
+
+/// A zombie success up to the zombie's release: worker A (consumer "a", `a_opts`) runs event 1
+/// and its handler waits for `release_a`; A's lease is lost (the entry is given to consumer "b"
+/// with XCLAIM … JUSTID, as the scanner does); worker B (consumer "b", `b_opts`, another bus)
+/// runs an attempt that fails with a retry in 60 s. Returns once B's retry record is written.
+struct ZombieSuccess {
+    env: TestEnv,
+    rkey: String,
+    rec: Recorder,
+    release_a: Arc<tokio::sync::Notify>,
+    a: WorkerHandle,
+    b: WorkerHandle,
+}
+
+async fn zombie_success(
+    label: &str,
+    a_opts: SubscriberOptions,
+    b_opts: SubscriberOptions,
+) -> ZombieSuccess {
+    let env = TestEnv::new(label).await;
+    let rkey = records_key(&env, "held");
+    let rec = Recorder::new();
+    let release_a = Arc::new(tokio::sync::Notify::new());
+    let entry = env.bus.publish(&Work { n: 1 }).await.expect("publish");
+    let (ra, rel) = (rec.clone(), release_a.clone());
+    let a = env
+        .bus
+        .worker()
+        .consumer_name("a")
+        .subscribe(subscriber_fn(a_opts, move |_w: Work, ctx| {
+            let (ra, rel) = (ra.clone(), rel.clone());
+            async move {
+                ra.record(format!("a start {}", ctx.attempt()));
+                rel.notified().await;
+                ra.record("a done");
+                Ok::<_, HandlerError>(())
+            }
+        }))
+        .start()
+        .await
+        .expect("start a");
+    rec.wait_for(T, "a's handler to start", |s| s.contains_key("a start 1"))
+        .await;
+    // A's lease is lost: the entry now belongs to consumer "b".
+    claim_for(
+        &env.bus,
+        "held",
+        "g",
+        "b",
+        vec![entry.entry_id.as_str()],
+        None,
+        None,
+    )
+    .await;
+    let rb = rec.clone();
+    let b_bus = env.another_bus().await;
+    let b = b_bus
+        .worker()
+        .consumer_name("b")
+        .subscribe(subscriber_fn(b_opts, move |_w: Work, ctx| {
+            let rb = rb.clone();
+            async move {
+                rb.record(format!("b attempt {}", ctx.attempt()));
+                Err::<(), _>(HandlerError::retry_after(
+                    Duration::from_secs(60),
+                    "b failed",
+                ))
+            }
+        }))
+        .start()
+        .await
+        .expect("start b");
+    rec.wait_for(T, "b's attempt", |s| {
+        s.keys().any(|k| k.starts_with("b attempt"))
+    })
+    .await;
+    eventually(T, "b's retry record", || async {
+        record_of(&env.bus, &rkey, &entry.entry_id)
+            .await
+            .is_some_and(|r| r.contains("b failed"))
+    })
+    .await;
+    ZombieSuccess {
+        env,
+        rkey,
+        rec,
+        release_a,
+        a,
+        b,
+    }
+}
+
+/// Real processes, task `n`: attempt 1 fails ("planned failure 1"); attempt 2 (a retry, started
+/// beside others) takes 1.5 s. Returns while worker 1 (max_attempts 2, concurrency 4, visibility
+/// timeout 1 s) runs attempt 2.
+struct RetryRunning {
+    env: TestEnv,
+    dir: TempDir,
+    rkey: String,
+    args: WorkerArgs,
+    w1: WorkerProc,
+    entry: Published,
+}
+
+async fn a_retry_running_in_worker_1(label: &str, n: u64) -> RetryRunning {
+    let env = TestEnv::new(label).await;
+    let dir = TempDir::new(label);
+    let rkey = records_key(&env, "tasks");
+    let mut args = WorkerArgs::new(&env.url, &env.prefix, "g", &dir.ledger("w1"));
+    args.max_attempts = 2;
+    args.concurrency = 4;
+    args.visibility_timeout = Duration::from_secs(1);
+    let w1 = WorkerProc::spawn(&args).expect("worker 1");
+    let entry = env
+        .bus
+        .publish(&Task {
+            slow_ms: 1500,
+            fail_times: 1,
+            ..Task::new(n)
+        })
+        .await
+        .expect("publish");
+    let pid1 = w1.pid();
+    ledger_line(&dir, "attempt 2 in worker 1", |l| {
+        l.kind == "start" && l.n == n && l.attempt == 2 && l.pid == pid1
+    })
+    .await;
+    RetryRunning {
+        env,
+        dir,
+        rkey,
+        args,
+        w1,
+        entry,
+    }
+}
+
+impl RetryRunning {
+    /// Starts the next worker process, with its own ledger `ledger`.
+    fn next_worker(&mut self, ledger: &str) -> WorkerProc {
+        self.args.ledger = self.dir.ledger(ledger);
+        WorkerProc::spawn(&self.args).unwrap_or_else(|e| panic!("worker {ledger}: {e}"))
+    }
+}
+
+/// A worker (max_attempts 3, handler timeout 300 ms) on `env`'s bus whose handler records
+/// `start <attempt>`, then `finished <attempt>` or, when its future is dropped first, `dropped
+/// <attempt>`. Attempts for which `hangs` holds sleep far longer than the test waits: only
+/// abandonment ends them.
+async fn start_timing_out_worker(
+    env: &TestEnv,
+    rec: &Recorder,
+    hangs: fn(u32) -> bool,
+) -> WorkerHandle {
+    let r2 = rec.clone();
+    start_worker(
+        &env.bus,
+        subscriber_fn(
+            SubscriberOptions::new("g")
+                .max_attempts(3)
+                .handler_timeout(Duration::from_millis(300))
+                .backoff_min(Duration::from_millis(50))
+                .backoff_max(Duration::from_millis(100)),
+            move |_w: Work, ctx| {
+                let r2 = r2.clone();
+                async move {
+                    let a = ctx.attempt();
+                    r2.record(format!("start {a}"));
+                    let mut dropped = OnDrop(r2.clone(), format!("dropped {a}"));
+                    if hangs(a) {
+                        tokio::time::sleep(Duration::from_secs(120)).await;
+                    }
+                    dropped.1 = format!("finished {a}");
+                    Ok::<_, HandlerError>(())
+                }
+            },
+        ),
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,7 +513,7 @@ async fn entries_released_at_a_graceful_deploy_run_concurrently_in_the_next_work
         .await
         .expect("start a");
     eventually(T, "8 handlers running in a, 8 more read ahead", || async {
-        a_gauge.now() == 8 && pending(&env.bus, "held").await == 16
+        a_gauge.now() == 8 && pending(&env.bus, "held", "g").await == 16
     })
     .await;
     tokio::time::timeout(T, a.shutdown())
@@ -209,7 +523,7 @@ async fn entries_released_at_a_graceful_deploy_run_concurrently_in_the_next_work
     let a_started = a_started.lock().expect("lock").clone();
     assert_eq!(a_started.len(), 8, "a ran 8 handlers: {a_started:?}");
     assert_eq!(
-        pending(&env.bus, "held").await,
+        pending(&env.bus, "held", "g").await,
         16,
         "all 16 are left pending"
     );
@@ -237,7 +551,7 @@ async fn entries_released_at_a_graceful_deploy_run_concurrently_in_the_next_work
     done.wait_for(T, "b to handle all 16 released entries", |s| s.len() == 16)
         .await;
     eventually(T, "all acknowledged", || async {
-        pending(&env.bus, "held").await == 0
+        pending(&env.bus, "held", "g").await == 0
     })
     .await;
     b.shutdown().await.expect("shutdown b");
@@ -265,15 +579,7 @@ async fn entries_released_at_a_graceful_deploy_run_concurrently_in_the_next_work
             a_started.contains(n)
         );
     }
-    assert_eq!(
-        env.bus
-            .dead_letters("held", "g")
-            .expect("dlq")
-            .count()
-            .await
-            .expect("n"),
-        0
-    );
+    assert_eq!(dead_letter_count(&env.bus, "held", "g").await, 0);
 }
 
 /// One handler hangs for good (no handler timeout) and a suspect (left pending by a dead
@@ -282,51 +588,18 @@ async fn entries_released_at_a_graceful_deploy_run_concurrently_in_the_next_work
 /// is neither lost nor dead-lettered, and shutdown is not held up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_handler_and_a_waiting_suspect_do_not_stop_new_events() {
-    let env = TestEnv::new("hungsuspect").await;
-    let suspect = env.bus.publish(&Work { n: 1000 }).await.expect("publish");
-    leave_pending_with_dead_consumer(&env.bus, "held", 1).await;
-    env.bus.publish(&Work { n: 0 }).await.expect("publish");
-    let rec = Recorder::new();
-    let r2 = rec.clone();
-    let w = env
-        .bus
-        .worker()
-        .shutdown_grace(Duration::from_millis(200))
-        .subscribe(subscriber_fn(
-            SubscriberOptions::new("g")
-                .concurrency(4)
-                .visibility_timeout(Duration::from_millis(300))
-                .block_timeout(Duration::from_millis(200)),
-            move |w: Work, ctx| {
-                let r2 = r2.clone();
-                async move {
-                    r2.record(format!("{}@{}", w.n, ctx.attempt()));
-                    if w.n == 0 {
-                        std::future::pending::<()>().await;
-                    }
-                    r2.record(format!("done {}", w.n));
-                    Ok::<_, HandlerError>(())
-                }
-            },
-        ))
-        .start()
-        .await
-        .expect("start");
-    let me = w.consumer_name().to_owned();
-    rec.wait_for(T, "the handler of event 0 to hang", |s| {
-        s.contains_key("0@1")
-    })
+    let HungBesideSuspect {
+        env,
+        suspect,
+        rec,
+        w,
+        ..
+    } = hung_handler_beside_a_waiting_suspect(
+        "hungsuspect",
+        SubscriberOptions::new("g"),
+        "the handler of event 0 to hang",
+    )
     .await;
-    // The scanner claims the suspect (idle past the visibility timeout): it now waits to run
-    // alone.
-    eventually(T, "the suspect claimed by the worker", || async {
-        pending_owner(&env.bus, "held", &suspect.entry_id)
-            .await
-            .is_some_and(|(owner, _)| owner == me)
-    })
-    .await;
-    let fresh: Vec<Work> = (1..=10).map(|n| Work { n }).collect();
-    env.bus.publish_batch(&fresh).await.expect("publish");
     rec.wait_for(
         Duration::from_secs(15),
         "the events published after the hang and the suspect",
@@ -340,12 +613,11 @@ async fn a_hung_handler_and_a_waiting_suspect_do_not_stop_new_events() {
         .expect("shutdown");
     assert!(started.elapsed() < Duration::from_secs(10));
     // Nothing lost: the suspect was handled or is still pending, never dead-lettered.
-    let dlq = env.bus.dead_letters("held", "g").expect("dlq");
-    assert_eq!(dlq.count().await.expect("n"), 0);
+    assert_eq!(dead_letter_count(&env.bus, "held", "g").await, 0);
     let s = rec.snapshot();
     assert!(
         s.contains_key("done 1000")
-            || pending_owner(&env.bus, "held", &suspect.entry_id)
+            || pending_entry(&env.bus, "held", "g", &suspect.entry_id)
                 .await
                 .is_some(),
         "the suspect was lost: {s:?}"
@@ -364,67 +636,33 @@ async fn during_an_outage_a_worker_holds_at_most_max_held_entries_and_the_backlo
 ) {
     const EVENTS: u64 = 300;
     const MAX_HELD: usize = 8; // the default: 2 × concurrency + prefetch (0)
-    let env = TestEnv::new("outage").await;
-    let events: Vec<Work> = (0..EVENTS).map(|n| Work { n }).collect();
-    for chunk in events.chunks(100) {
-        env.bus.publish_batch(chunk).await.expect("publish");
-    }
-    let down = Arc::new(AtomicBool::new(true));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let starts: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
-    let ok = Recorder::new();
-    let (d2, f2, s2, ok2) = (down.clone(), failed.clone(), starts.clone(), ok.clone());
-    let w = env
-        .bus
-        .worker()
-        .subscribe(subscriber_fn(
-            SubscriberOptions::new("g")
-                .concurrency(4)
-                .visibility_timeout(Duration::from_secs(2))
-                .backoff_min(Duration::from_secs(5))
-                .backoff_max(Duration::from_secs(5)),
-            move |w: Work, ctx| {
-                let (d2, f2, s2, ok2) = (d2.clone(), f2.clone(), s2.clone(), ok2.clone());
-                async move {
-                    s2.lock().expect("lock").push((w.n, ctx.attempt()));
-                    if d2.load(Ordering::SeqCst) {
-                        f2.fetch_add(1, Ordering::SeqCst);
-                        return Err(HandlerError::retry("downstream is down"));
-                    }
-                    ok2.record(w.n.to_string());
-                    Ok(())
-                }
-            },
-        ))
-        .start()
-        .await
-        .expect("start");
-    let me = w.consumer_name().to_owned();
+    let outage = Outage::start(
+        "outage",
+        EVENTS,
+        SubscriberOptions::new("g")
+            .concurrency(4)
+            .visibility_timeout(Duration::from_secs(2))
+            .backoff_min(Duration::from_secs(5))
+            .backoff_max(Duration::from_secs(5)),
+    )
+    .await;
+    let bus = &outage.env.bus;
     eventually(T, "the first attempts to fail", || async {
-        failed.load(Ordering::SeqCst) >= MAX_HELD
+        outage.failed.load(Ordering::SeqCst) >= MAX_HELD
     })
     .await;
     // Nothing can leave the worker while every attempt fails: until a retry is due (5 s), what
     // it took from the stream is what it holds.
-    eventually(T, "the first retry to start", || async {
-        starts.lock().expect("lock").iter().any(|(_, a)| *a >= 2)
-    })
-    .await;
-    let taken: HashSet<u64> = starts
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(|(n, _)| *n)
-        .collect();
-    let held = consumer_pending(&env.bus, "held", &me).await;
-    let lag = group_field(&env.bus, "held", "lag").await;
-    let entries_read = group_field(&env.bus, "held", "entries-read").await;
+    let taken = outage.taken_until_the_first_retry().await;
+    let held = consumer_pending(bus, "held", &outage.me).await;
+    let lag = group_field(bus, "held", "lag").await;
+    let entries_read = group_field(bus, "held", "entries-read").await;
     assert!(
         taken.len() <= MAX_HELD,
         "the worker took {} events from the stream into memory while every attempt failed \
          (bound {MAX_HELD}); {} attempts failed",
         taken.len(),
-        failed.load(Ordering::SeqCst)
+        outage.failed.load(Ordering::SeqCst)
     );
     assert!(
         held <= MAX_HELD as u64,
@@ -436,25 +674,10 @@ async fn during_an_outage_a_worker_holds_at_most_max_held_entries_and_the_backlo
     );
 
     // The outage ends: everything is handled, nothing lost or dead-lettered.
-    down.store(false, Ordering::SeqCst);
-    ok.wait_for(Duration::from_secs(60), "all 300 events handled", |s| {
-        s.len() == EVENTS as usize
-    })
-    .await;
-    eventually(T, "all acknowledged", || async {
-        pending(&env.bus, "held").await == 0
-    })
-    .await;
-    w.shutdown().await.expect("shutdown");
-    assert_eq!(
-        env.bus
-            .dead_letters("held", "g")
-            .expect("dlq")
-            .count()
-            .await
-            .expect("n"),
-        0
-    );
+    let env = outage
+        .end(Duration::from_secs(60), "all 300 events handled")
+        .await;
+    assert_eq!(dead_letter_count(&env.bus, "held", "g").await, 0);
     assert_eq!(group_field(&env.bus, "held", "lag").await, Some(0));
 }
 
@@ -472,10 +695,9 @@ async fn attempt_records_do_not_outlive_their_entries() {
     let deleted = Recorder::new();
     let ok = Recorder::new();
     let (bus2, del2, ok2, key2) = (env.bus.clone(), deleted.clone(), ok.clone(), key.clone());
-    let w = env
-        .bus
-        .worker()
-        .subscribe(subscriber_fn(
+    let w = start_worker(
+        &env.bus,
+        subscriber_fn(
             SubscriberOptions::new("g")
                 .max_attempts(2)
                 .backoff_min(Duration::from_millis(50))
@@ -508,10 +730,9 @@ async fn attempt_records_do_not_outlive_their_entries() {
                     }
                 }
             },
-        ))
-        .start()
-        .await
-        .expect("start");
+        ),
+    )
+    .await;
     let events: Vec<Work> = (0..9).map(|n| Work { n }).collect();
     env.bus.publish_batch(&events).await.expect("publish");
     let dlq = env.bus.dead_letters("held", "g").expect("dlq");
@@ -521,24 +742,13 @@ async fn attempt_records_do_not_outlive_their_entries() {
         .wait_for(T, "the deleted entry's attempt", |s| s.len() == 1)
         .await;
     eventually(T, "the two dead letters and nothing pending", || async {
-        dlq.count().await.expect("n") == 2 && pending(&env.bus, "held").await == 0
+        dlq.count().await.expect("n") == 2 && pending(&env.bus, "held", "g").await == 0
     })
     .await;
-    let rkey = records_key(&env, "held");
-    let settle = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let left = records(&env.bus, &rkey).await;
-            if left.is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    let left = records(&env.bus, &rkey).await;
+    let left = records_left(&env.bus, &records_key(&env, "held"), Duration::from_secs(5)).await;
     w.shutdown().await.expect("shutdown");
     assert!(
-        settle.is_ok() && left.is_empty(),
+        left.is_empty(),
         "attempt records left after every entry settled (no TTL: kept forever): {left:?}"
     );
     for d in dlq.list(10).await.expect("list") {
@@ -553,100 +763,31 @@ async fn attempt_records_do_not_outlive_their_entries() {
 /// entry and its record; the record must not stay behind in the hash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zombie_success_leaves_no_orphan_attempt_record() {
-    let env = TestEnv::new("zombie").await;
-    let key = env.bus.stream_key("held").expect("key");
-    let rkey = records_key(&env, "held");
-    let rec = Recorder::new();
-    let release_a = Arc::new(tokio::sync::Notify::new());
     let opts = SubscriberOptions::new("g")
         .concurrency(2)
         .visibility_timeout(Duration::from_millis(400));
-    let p = env.bus.publish(&Work { n: 1 }).await.expect("publish");
-
-    let (ra, rel) = (rec.clone(), release_a.clone());
-    let a = env
-        .bus
-        .worker()
-        .consumer_name("a")
-        .subscribe(subscriber_fn(opts.clone(), move |_w: Work, ctx| {
-            let (ra, rel) = (ra.clone(), rel.clone());
-            async move {
-                ra.record(format!("a start {}", ctx.attempt()));
-                rel.notified().await;
-                ra.record("a done");
-                Ok::<_, HandlerError>(())
-            }
-        }))
-        .start()
-        .await
-        .expect("start a");
-    rec.wait_for(T, "a's handler to start", |s| s.contains_key("a start 1"))
-        .await;
-    // A's lease is lost: the entry now belongs to consumer "b".
-    let _: Value = env
-        .bus
-        .redis()
-        .xclaim(
-            key.as_str(),
-            "g",
-            "b",
-            0,
-            p.entry_id.as_str(),
-            None,
-            None,
-            None,
-            false,
-            true,
-        )
-        .await
-        .expect("XCLAIM");
-    let rb = rec.clone();
-    let b_bus = env.another_bus().await;
-    let b = b_bus
-        .worker()
-        .consumer_name("b")
-        .subscribe(subscriber_fn(opts, move |_w: Work, ctx| {
-            let rb = rb.clone();
-            async move {
-                rb.record(format!("b attempt {}", ctx.attempt()));
-                Err::<(), _>(HandlerError::retry_after(
-                    Duration::from_secs(60),
-                    "b failed",
-                ))
-            }
-        }))
-        .start()
-        .await
-        .expect("start b");
-    rec.wait_for(T, "b's attempt", |s| {
-        s.keys().any(|k| k.starts_with("b attempt"))
-    })
-    .await;
-    eventually(T, "b's retry record", || async {
-        record_of(&env.bus, &rkey, &p.entry_id)
-            .await
-            .is_some_and(|r| r.contains("b failed"))
-    })
-    .await;
+    let ZombieSuccess {
+        env,
+        rkey,
+        rec,
+        release_a,
+        a,
+        b,
+        ..
+    } = zombie_success("zombie", opts.clone(), opts).await;
     // The zombie finishes and acknowledges.
     release_a.notify_one();
     rec.wait_for(T, "a's handler to finish", |s| s.contains_key("a done"))
         .await;
     eventually(T, "the entry acknowledged", || async {
-        pending(&env.bus, "held").await == 0
+        pending(&env.bus, "held", "g").await == 0
     })
     .await;
-    let settle = tokio::time::timeout(Duration::from_secs(10), async {
-        while !records(&env.bus, &rkey).await.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    let left = records(&env.bus, &rkey).await;
+    let left = records_left(&env.bus, &rkey, Duration::from_secs(10)).await;
     b.shutdown().await.expect("shutdown b");
     a.shutdown().await.expect("shutdown a");
     assert!(
-        settle.is_ok() && left.is_empty(),
+        left.is_empty(),
         "an orphan attempt record (no TTL) outlived the acknowledged entry: {left:?}"
     );
     let s = rec.snapshot();
@@ -656,15 +797,7 @@ async fn a_zombie_success_leaves_no_orphan_attempt_record() {
         1,
         "b's retry must not run once the entry is acknowledged: {s:?}"
     );
-    assert_eq!(
-        env.bus
-            .dead_letters("held", "g")
-            .expect("dlq")
-            .count()
-            .await
-            .expect("n"),
-        0
-    );
+    assert_eq!(dead_letter_count(&env.bus, "held", "g").await, 0);
 }
 
 /// Real processes. Attempt 1 fails ("planned failure 1"); attempt 2 (a retry, started beside
@@ -673,63 +806,38 @@ async fn a_zombie_success_leaves_no_orphan_attempt_record() {
 /// not charged, it runs again alone (record kind `s`) as attempt 2, and finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_during_a_retry_is_recognised_and_the_entry_runs_again_alone() {
-    let env = TestEnv::new("crashretry").await;
-    let dir = TempDir::new("crashretry");
-    let rkey = records_key(&env, "tasks");
-    let mut args = WorkerArgs::new(&env.url, &env.prefix, "g", &dir.ledger("w1"));
-    args.max_attempts = 2;
-    args.concurrency = 4;
-    args.visibility_timeout = Duration::from_secs(1);
-    let mut w1 = WorkerProc::spawn(&args).expect("worker 1");
-    let p = env
-        .bus
-        .publish(&Task {
-            n: 7,
-            slow_ms: 1500,
-            poison: false,
-            fail_times: 1,
-            hang_times: 0,
-        })
-        .await
-        .expect("publish");
-    let pid1 = w1.pid();
-    ledger_line(&dir, "attempt 2 in worker 1", |l| {
-        l.kind == "start" && l.n == 7 && l.attempt == 2 && l.pid == pid1
-    })
-    .await;
-    let rec = record_of(&env.bus, &rkey, &p.entry_id).await;
+    let mut run = a_retry_running_in_worker_1("crashretry", 7).await;
+    let rec = record_of(&run.env.bus, &run.rkey, &run.entry.entry_id).await;
     assert!(
         rec.as_deref()
             .is_some_and(|r| r.starts_with("2|m|") || r.starts_with("2|s|")),
         "while attempt 2 runs, its record must say an attempt started (2|m|… or 2|s|…), not \
          still describe attempt 1's failure: {rec:?}"
     );
-    assert!(!read_ledgers(&dir.0).iter().any(|l| l.kind == "done"));
-    w1.kill();
+    assert!(!read_ledgers(&run.dir.0).iter().any(|l| l.kind == "done"));
+    run.w1.kill();
 
-    args.ledger = dir.ledger("w2");
-    let w2 = WorkerProc::spawn(&args).expect("worker 2");
+    let w2 = run.next_worker("w2");
     let pid2 = w2.pid();
-    let deadline = Instant::now() + T;
-    let dlq = env.bus.dead_letters("tasks", "g").expect("dlq");
-    loop {
-        let done = read_ledgers(&dir.0)
-            .iter()
-            .any(|l| l.kind == "done" && l.n == 7 && l.pid == pid2);
-        if done && pending(&env.bus, "tasks").await == 0 {
-            break;
-        }
-        if dlq.count().await.expect("n") > 0 {
-            let d = &dlq.list(1).await.expect("list")[0];
-            panic!(
+    let dlq = run.env.bus.dead_letters("tasks", "g").expect("dlq");
+    until_unless_dead_lettered(
+        &dlq,
+        "worker 2 never finished task 7",
+        || async {
+            read_ledgers(&run.dir.0)
+                .iter()
+                .any(|l| l.kind == "done" && l.n == 7 && l.pid == pid2)
+                && pending(&run.env.bus, "tasks", "g").await == 0
+        },
+        |d| {
+            format!(
                 "dead-lettered instead of run again: reason {}, attempts {}, error {:?}",
                 d.reason, d.attempts, d.error
-            );
-        }
-        assert!(Instant::now() < deadline, "worker 2 never finished task 7");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let lines = read_ledgers(&dir.0);
+            )
+        },
+    )
+    .await;
+    let lines = read_ledgers(&run.dir.0);
     let in_w2: Vec<u32> = lines
         .iter()
         .filter(|l| l.kind == "start" && l.pid == pid2)
@@ -740,7 +848,9 @@ async fn a_crash_during_a_retry_is_recognised_and_the_entry_runs_again_alone() {
         vec![2],
         "the crash beside others is not charged: w2 runs attempt 2: {lines:?}"
     );
-    assert!(record_of(&env.bus, &rkey, &p.entry_id).await.is_none());
+    assert!(record_of(&run.env.bus, &run.rkey, &run.entry.entry_id)
+        .await
+        .is_none());
 }
 
 /// As above, then the run alone is SIGKILLed too: that crash is charged (2 of 2), so the next
@@ -748,69 +858,42 @@ async fn a_crash_during_a_retry_is_recognised_and_the_entry_runs_again_alone() {
 /// outcome instead of repeating attempt 1's stale error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_on_the_last_attempt_is_dead_lettered_as_no_outcome_not_with_a_stale_error() {
-    let env = TestEnv::new("stale").await;
-    let dir = TempDir::new("stale");
-    let rkey = records_key(&env, "tasks");
-    let mut args = WorkerArgs::new(&env.url, &env.prefix, "g", &dir.ledger("w1"));
-    args.max_attempts = 2;
-    args.concurrency = 4;
-    args.visibility_timeout = Duration::from_secs(1);
-    let mut w1 = WorkerProc::spawn(&args).expect("worker 1");
-    let p = env
-        .bus
-        .publish(&Task {
-            n: 9,
-            slow_ms: 1500,
-            poison: false,
-            fail_times: 1,
-            hang_times: 0,
-        })
-        .await
-        .expect("publish");
-    let pid1 = w1.pid();
-    ledger_line(&dir, "attempt 2 in worker 1", |l| {
-        l.kind == "start" && l.n == 9 && l.attempt == 2 && l.pid == pid1
-    })
-    .await;
-    let rec1 = record_of(&env.bus, &rkey, &p.entry_id).await;
-    w1.kill();
+    let mut run = a_retry_running_in_worker_1("stale", 9).await;
+    let rec1 = record_of(&run.env.bus, &run.rkey, &run.entry.entry_id).await;
+    run.w1.kill();
 
-    args.ledger = dir.ledger("w2");
-    let mut w2 = WorkerProc::spawn(&args).expect("worker 2");
+    let mut w2 = run.next_worker("w2");
     let pid2 = w2.pid();
-    let dlq = env.bus.dead_letters("tasks", "g").expect("dlq");
-    let deadline = Instant::now() + T;
+    let dlq = run.env.bus.dead_letters("tasks", "g").expect("dlq");
     // Worker 2 either runs it again (alone) or, if attempt 2's crash was taken for attempt 1's
     // failure, dead-letters it at once.
-    loop {
-        let started = read_ledgers(&dir.0)
-            .iter()
-            .any(|l| l.kind == "start" && l.n == 9 && l.pid == pid2);
-        if started {
-            break;
-        }
-        if dlq.count().await.expect("n") > 0 {
-            let d = &dlq.list(1).await.expect("list")[0];
-            panic!(
+    until_unless_dead_lettered(
+        &dlq,
+        "worker 2 never took task 9",
+        || async {
+            read_ledgers(&run.dir.0)
+                .iter()
+                .any(|l| l.kind == "start" && l.n == 9 && l.pid == pid2)
+        },
+        |d| {
+            format!(
                 "attempt 2's crash was not recognised (record while it ran: {rec1:?}): \
                  dead-lettered by worker 2 with reason {}, attempts {}, stale error {:?}",
                 d.reason, d.attempts, d.error
-            );
-        }
-        assert!(Instant::now() < deadline, "worker 2 never took task 9");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let rec2 = record_of(&env.bus, &rkey, &p.entry_id).await;
+            )
+        },
+    )
+    .await;
+    let rec2 = record_of(&run.env.bus, &run.rkey, &run.entry.entry_id).await;
     assert!(
         rec2.as_deref().is_some_and(|r| r.starts_with("2|s|")),
         "the suspect must run alone (record 2|s|…): {rec2:?}"
     );
     w2.kill();
 
-    args.ledger = dir.ledger("w3");
-    let _w3 = WorkerProc::spawn(&args).expect("worker 3");
+    let _w3 = run.next_worker("w3");
     eventually(T, "the dead letter", || async {
-        dlq.count().await.expect("n") == 1 && pending(&env.bus, "tasks").await == 0
+        dlq.count().await.expect("n") == 1 && pending(&run.env.bus, "tasks", "g").await == 0
     })
     .await;
     let d = &dlq.list(1).await.expect("list")[0];
@@ -821,8 +904,10 @@ async fn a_crash_on_the_last_attempt_is_dead_lettered_as_no_outcome_not_with_a_s
         "the dead letter must say the last attempt ended without an outcome: {:?}",
         d.error
     );
-    assert!(!read_ledgers(&dir.0).iter().any(|l| l.kind == "done"));
-    assert!(record_of(&env.bus, &rkey, &p.entry_id).await.is_none());
+    assert!(!read_ledgers(&run.dir.0).iter().any(|l| l.kind == "done"));
+    assert!(record_of(&run.env.bus, &run.rkey, &run.entry.entry_id)
+        .await
+        .is_none());
 }
 
 /// As in the zombie test above, but worker B shuts down gracefully right after the zombie's
@@ -831,81 +916,22 @@ async fn a_crash_on_the_last_attempt_is_dead_lettered_as_no_outcome_not_with_a_s
 /// (its lease was lost) deletes the record as well. No record is left without its entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zombie_success_then_a_graceful_shutdown_leaves_no_orphan_attempt_record() {
-    let env = TestEnv::new("zombiestop").await;
-    let key = env.bus.stream_key("held").expect("key");
-    let rkey = records_key(&env, "held");
-    let rec = Recorder::new();
-    let release_a = Arc::new(tokio::sync::Notify::new());
-    let p = env.bus.publish(&Work { n: 1 }).await.expect("publish");
-    let (ra, rel) = (rec.clone(), release_a.clone());
-    let a = env
-        .bus
-        .worker()
-        .consumer_name("a")
-        .subscribe(subscriber_fn(
-            SubscriberOptions::new("g").visibility_timeout(Duration::from_millis(400)),
-            move |_w: Work, _ctx| {
-                let (ra, rel) = (ra.clone(), rel.clone());
-                async move {
-                    ra.record("a start");
-                    rel.notified().await;
-                    ra.record("a done");
-                    Ok::<_, HandlerError>(())
-                }
-            },
-        ))
-        .start()
-        .await
-        .expect("start a");
-    rec.wait_for(T, "a's handler to start", |s| s.contains_key("a start"))
-        .await;
-    let _: Value = env
-        .bus
-        .redis()
-        .xclaim(
-            key.as_str(),
-            "g",
-            "b",
-            0,
-            p.entry_id.as_str(),
-            None,
-            None,
-            None,
-            false,
-            true,
-        )
-        .await
-        .expect("XCLAIM");
-    let rb = rec.clone();
-    let b_bus = env.another_bus().await;
-    let b = b_bus
-        .worker()
-        .consumer_name("b")
-        .subscribe(subscriber_fn(
-            SubscriberOptions::new("g").visibility_timeout(Duration::from_secs(60)),
-            move |_w: Work, _ctx| {
-                let rb = rb.clone();
-                async move {
-                    rb.record("b attempt");
-                    Err::<(), _>(HandlerError::retry_after(
-                        Duration::from_secs(60),
-                        "b failed",
-                    ))
-                }
-            },
-        ))
-        .start()
-        .await
-        .expect("start b");
-    eventually(T, "b's retry record", || async {
-        record_of(&env.bus, &rkey, &p.entry_id)
-            .await
-            .is_some_and(|r| r.contains("b failed"))
-    })
+    let ZombieSuccess {
+        env,
+        rkey,
+        release_a,
+        a,
+        b,
+        ..
+    } = zombie_success(
+        "zombiestop",
+        SubscriberOptions::new("g").visibility_timeout(Duration::from_millis(400)),
+        SubscriberOptions::new("g").visibility_timeout(Duration::from_secs(60)),
+    )
     .await;
     release_a.notify_one();
     eventually(T, "the zombie's ack", || async {
-        pending(&env.bus, "held").await == 0
+        pending(&env.bus, "held", "g").await == 0
     })
     .await;
     b.shutdown().await.expect("shutdown b");
@@ -927,56 +953,18 @@ mod new_options {
     /// hung event is dead-lettered with reason `timeout` after its 2 attempts.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_a_handler_timeout_a_hung_handler_does_not_freeze_the_subscriber() {
-        let env = TestEnv::new("hungtimeout").await;
-        let suspect = env.bus.publish(&Work { n: 1000 }).await.expect("publish");
-        leave_pending_with_dead_consumer(&env.bus, "held", 1).await;
-        let hung = env.bus.publish(&Work { n: 0 }).await.expect("publish");
-        let rec = Recorder::new();
-        let gauge = Arc::new(Gauge::default());
-        let (r2, g2) = (rec.clone(), gauge.clone());
-        let w = env
-            .bus
-            .worker()
-            .shutdown_grace(Duration::from_millis(200))
-            .subscribe(subscriber_fn(
-                SubscriberOptions::new("g")
-                    .concurrency(4)
-                    .max_attempts(2)
-                    .handler_timeout(Duration::from_millis(500))
-                    .visibility_timeout(Duration::from_millis(300))
-                    .block_timeout(Duration::from_millis(200))
-                    .backoff_min(Duration::from_millis(50))
-                    .backoff_max(Duration::from_millis(100)),
-                move |w: Work, ctx| {
-                    let (r2, g2) = (r2.clone(), g2.clone());
-                    async move {
-                        let _running = g2.enter();
-                        r2.record(format!("{}@{}", w.n, ctx.attempt()));
-                        if w.n == 1000 {
-                            r2.record(format!("suspect ran beside {}", g2.now() - 1));
-                        }
-                        if w.n == 0 {
-                            std::future::pending::<()>().await;
-                        }
-                        r2.record(format!("done {}", w.n));
-                        Ok::<_, HandlerError>(())
-                    }
-                },
-            ))
-            .start()
-            .await
-            .expect("start");
-        let me = w.consumer_name().to_owned();
-        rec.wait_for(T, "event 0 to hang", |s| s.contains_key("0@1"))
-            .await;
-        eventually(T, "the suspect claimed by the worker", || async {
-            pending_owner(&env.bus, "held", &suspect.entry_id)
-                .await
-                .is_some_and(|(owner, _)| owner == me)
-        })
+        let HungBesideSuspect {
+            env, hung, rec, w, ..
+        } = hung_handler_beside_a_waiting_suspect(
+            "hungtimeout",
+            SubscriberOptions::new("g")
+                .max_attempts(2)
+                .handler_timeout(Duration::from_millis(500))
+                .backoff_min(Duration::from_millis(50))
+                .backoff_max(Duration::from_millis(100)),
+            "event 0 to hang",
+        )
         .await;
-        let fresh: Vec<Work> = (1..=10).map(|n| Work { n }).collect();
-        env.bus.publish_batch(&fresh).await.expect("publish");
         let dlq = env.bus.dead_letters("held", "g").expect("dlq");
         rec.wait_for(T, "the new events and the suspect", |s| {
             (1..=10)
@@ -987,7 +975,9 @@ mod new_options {
         eventually(
             T,
             "the hung event dead-lettered, nothing pending",
-            || async { dlq.count().await.expect("n") == 1 && pending(&env.bus, "held").await == 0 },
+            || async {
+                dlq.count().await.expect("n") == 1 && pending(&env.bus, "held", "g").await == 0
+            },
         )
         .await;
         w.shutdown().await.expect("shutdown");
@@ -1020,61 +1010,23 @@ mod new_options {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_explicit_max_held_bounds_what_a_failing_worker_takes_from_the_stream() {
         const EVENTS: u64 = 50;
-        let env = TestEnv::new("maxheld").await;
-        let events: Vec<Work> = (0..EVENTS).map(|n| Work { n }).collect();
-        env.bus.publish_batch(&events).await.expect("publish");
-        let down = Arc::new(AtomicBool::new(true));
-        let starts: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
-        let ok = Recorder::new();
-        let (d2, s2, ok2) = (down.clone(), starts.clone(), ok.clone());
-        let w = env
-            .bus
-            .worker()
-            .subscribe(subscriber_fn(
-                SubscriberOptions::new("g")
-                    .concurrency(2)
-                    .max_held(3)
-                    .backoff_min(Duration::from_secs(2))
-                    .backoff_max(Duration::from_secs(2)),
-                move |w: Work, ctx| {
-                    let (d2, s2, ok2) = (d2.clone(), s2.clone(), ok2.clone());
-                    async move {
-                        s2.lock().expect("lock").push((w.n, ctx.attempt()));
-                        if d2.load(Ordering::SeqCst) {
-                            return Err(HandlerError::retry("downstream is down"));
-                        }
-                        ok2.record(w.n.to_string());
-                        Ok(())
-                    }
-                },
-            ))
-            .start()
-            .await
-            .expect("start");
-        let me = w.consumer_name().to_owned();
-        eventually(T, "the first retry to start", || async {
-            starts.lock().expect("lock").iter().any(|(_, a)| *a >= 2)
-        })
+        let outage = Outage::start(
+            "maxheld",
+            EVENTS,
+            SubscriberOptions::new("g")
+                .concurrency(2)
+                .max_held(3)
+                .backoff_min(Duration::from_secs(2))
+                .backoff_max(Duration::from_secs(2)),
+        )
         .await;
-        let taken: HashSet<u64> = starts
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(n, _)| *n)
-            .collect();
+        let taken = outage.taken_until_the_first_retry().await;
         assert!(taken.len() <= 3, "took {} events (bound 3)", taken.len());
-        let held = consumer_pending(&env.bus, "held", &me).await;
+        let held = consumer_pending(&outage.env.bus, "held", &outage.me).await;
         assert!(held <= 3, "{held} pending for the consumer (bound 3)");
-        let lag = group_field(&env.bus, "held", "lag").await;
+        let lag = group_field(&outage.env.bus, "held", "lag").await;
         assert!(lag.is_some_and(|l| l >= EVENTS - 3), "lag {lag:?}");
-        down.store(false, Ordering::SeqCst);
-        ok.wait_for(T, "all events handled", |s| s.len() == EVENTS as usize)
-            .await;
-        eventually(T, "all acknowledged", || async {
-            pending(&env.bus, "held").await == 0
-        })
-        .await;
-        w.shutdown().await.expect("shutdown");
+        outage.end(T, "all events handled").await;
     }
 
     /// An attempt running past the handler timeout is abandoned (its future dropped, it never
@@ -1083,39 +1035,13 @@ mod new_options {
     async fn an_attempt_past_the_handler_timeout_is_abandoned_and_retried() {
         let env = TestEnv::new("timeoutretry").await;
         let rec = Recorder::new();
-        let r2 = rec.clone();
-        let w = env
-            .bus
-            .worker()
-            .subscribe(subscriber_fn(
-                SubscriberOptions::new("g")
-                    .max_attempts(3)
-                    .handler_timeout(Duration::from_millis(300))
-                    .backoff_min(Duration::from_millis(50))
-                    .backoff_max(Duration::from_millis(100)),
-                move |_w: Work, ctx| {
-                    let r2 = r2.clone();
-                    async move {
-                        let a = ctx.attempt();
-                        r2.record(format!("start {a}"));
-                        let mut dropped = OnDrop(r2.clone(), format!("dropped {a}"));
-                        if a == 1 {
-                            // Far longer than the test waits: only abandonment ends it.
-                            tokio::time::sleep(Duration::from_secs(120)).await;
-                        }
-                        dropped.1 = format!("finished {a}");
-                        Ok::<_, HandlerError>(())
-                    }
-                },
-            ))
-            .start()
-            .await
-            .expect("start");
+        // Attempt 1 runs far longer than the test waits: only abandonment ends it.
+        let w = start_timing_out_worker(&env, &rec, |a| a == 1).await;
         env.bus.publish(&Work { n: 1 }).await.expect("publish");
         rec.wait_for(T, "attempt 2 to finish", |s| s.contains_key("finished 2"))
             .await;
         eventually(T, "the ack", || async {
-            pending(&env.bus, "held").await == 0
+            pending(&env.bus, "held", "g").await == 0
         })
         .await;
         w.shutdown().await.expect("shutdown");
@@ -1123,15 +1049,7 @@ mod new_options {
         assert_eq!(s.get("dropped 1"), Some(&1), "attempt 1 abandoned: {s:?}");
         assert!(!s.contains_key("finished 1"), "{s:?}");
         assert!(!s.contains_key("start 3"), "{s:?}");
-        assert_eq!(
-            env.bus
-                .dead_letters("held", "g")
-                .expect("dlq")
-                .count()
-                .await
-                .expect("n"),
-            0
-        );
+        assert_eq!(dead_letter_count(&env.bus, "held", "g").await, 0);
         assert!(records(&env.bus, &records_key(&env, "held"))
             .await
             .is_empty());
@@ -1143,35 +1061,11 @@ mod new_options {
     async fn the_last_attempt_timing_out_is_dead_lettered_with_reason_timeout() {
         let env = TestEnv::new("timeoutdead").await;
         let rec = Recorder::new();
-        let r2 = rec.clone();
-        let w = env
-            .bus
-            .worker()
-            .subscribe(subscriber_fn(
-                SubscriberOptions::new("g")
-                    .max_attempts(3)
-                    .handler_timeout(Duration::from_millis(300))
-                    .backoff_min(Duration::from_millis(50))
-                    .backoff_max(Duration::from_millis(100)),
-                move |_w: Work, ctx| {
-                    let r2 = r2.clone();
-                    async move {
-                        let a = ctx.attempt();
-                        r2.record(format!("start {a}"));
-                        let _dropped = OnDrop(r2.clone(), format!("dropped {a}"));
-                        tokio::time::sleep(Duration::from_secs(120)).await;
-                        r2.record(format!("finished {a}"));
-                        Ok::<_, HandlerError>(())
-                    }
-                },
-            ))
-            .start()
-            .await
-            .expect("start");
+        let w = start_timing_out_worker(&env, &rec, |_| true).await;
         let p = env.bus.publish(&Work { n: 1 }).await.expect("publish");
         let dlq = env.bus.dead_letters("held", "g").expect("dlq");
         eventually(T, "the dead letter", || async {
-            dlq.count().await.expect("n") == 1 && pending(&env.bus, "held").await == 0
+            dlq.count().await.expect("n") == 1 && pending(&env.bus, "held", "g").await == 0
         })
         .await;
         w.shutdown().await.expect("shutdown");

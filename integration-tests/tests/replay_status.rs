@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bus_core::{subscriber_fn, Bus, Event, HandlerError, SubscriberOptions};
 use fred::prelude::*;
 use fred::types::Value;
+use integration_tests::support::{self, start_worker};
 use integration_tests::{eventually, Recorder, TestEnv};
 use serde::{Deserialize, Serialize};
 
@@ -19,17 +20,11 @@ struct Ping {
 }
 
 async fn dead_letter_count(bus: &Bus, group: &str) -> u64 {
-    bus.dead_letters("x", group)
-        .expect("dlq")
-        .count()
-        .await
-        .expect("XLEN")
+    support::dead_letter_count(bus, "x", group).await
 }
 
 async fn pending(bus: &Bus, group: &str) -> u64 {
-    integration_tests::pending_count(bus, "x", group)
-        .await
-        .expect("XPENDING")
+    support::pending(bus, "x", group).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,22 +33,14 @@ async fn replay_all_ends_while_the_group_rejects_everything_again_at_once() {
     let env = TestEnv::new("replayall").await;
     let rec = Recorder::new();
     let rc = rec.clone();
-    let w = env
-        .bus
-        .worker()
-        .subscribe(subscriber_fn(
-            SubscriberOptions::new("g"),
-            move |e: Ping, _ctx| {
-                let rc = rc.clone();
-                async move {
-                    rc.record(e.n.to_string());
-                    Err::<(), _>(HandlerError::reject("no"))
-                }
-            },
-        ))
-        .start()
-        .await
-        .expect("start");
+    let rejecting = subscriber_fn(SubscriberOptions::new("g"), move |e: Ping, _ctx| {
+        let rc = rc.clone();
+        async move {
+            rc.record(e.n.to_string());
+            Err::<(), _>(HandlerError::reject("no"))
+        }
+    });
+    let w = start_worker(&env.bus, rejecting).await;
     let events: Vec<Ping> = (0..N).map(|n| Ping { n }).collect();
     env.bus.publish_batch(&events).await.expect("publish");
     let dlq = env.bus.dead_letters("x", "g").expect("dlq");
@@ -111,13 +98,8 @@ async fn xadd_raw(bus: &Bus, fields: &[(&str, &str)]) -> String {
 
 /// The group's last-delivered id in the normal lane.
 async fn last_delivered(bus: &Bus, group: &str) -> String {
-    let key = bus.stream_key("x").expect("key");
-    let groups: Vec<HashMap<String, Value>> =
-        bus.redis().xinfo_groups(key.as_str()).await.expect("XINFO");
-    groups
-        .into_iter()
-        .find(|g| g.get("name").and_then(Value::as_string).as_deref() == Some(group))
-        .and_then(|g| g.get("last-delivered-id").and_then(Value::as_string))
+    support::last_delivered(bus, "x", group)
+        .await
         .expect("group info")
 }
 
@@ -127,7 +109,6 @@ fn entry_id(id: &str) -> (u64, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn an_undecodable_dead_letter_is_replayed_to_its_group_only() {
     let env = TestEnv::new("replayto").await;
     let ok = |group: &str| {
@@ -135,20 +116,11 @@ async fn an_undecodable_dead_letter_is_replayed_to_its_group_only() {
             Ok::<_, HandlerError>(())
         })
     };
-    let wa = env
-        .bus
-        .worker()
-        .subscribe(ok("A"))
-        .start()
-        .await
-        .expect("start A");
-    let wb = env
-        .bus
-        .worker()
-        .subscribe(ok("B"))
-        .start()
-        .await
-        .expect("start B");
+    let mut workers = Vec::new();
+    for group in ["A", "B"] {
+        let w = env.bus.worker().subscribe(ok(group)).start().await;
+        workers.push(w.unwrap_or_else(|e| panic!("start {group}: {e:?}")));
+    }
     let garbage = xadd_raw(&env.bus, &[("v", "99"), ("foo", "bar")]).await;
     eventually(T, "a decode dead letter in both groups", || async {
         dead_letter_count(&env.bus, "A").await == 1 && dead_letter_count(&env.bus, "B").await == 1
@@ -196,8 +168,10 @@ async fn an_undecodable_dead_letter_is_replayed_to_its_group_only() {
     let dlb = dlb.expect("list");
     assert_eq!(dlb.len(), 1, "{dlb:#?}");
     assert_eq!(dlb[0].entry_id, garbage);
-    wa.shutdown().await.expect("shutdown A");
-    wb.shutdown().await.expect("shutdown B");
+    for (group, w) in ["A", "B"].into_iter().zip(workers) {
+        let stopped = w.shutdown().await;
+        stopped.unwrap_or_else(|e| panic!("shutdown {group}: {e:?}"));
+    }
 }
 
 /// The waiters' notification channel of an event (`<prefix>:{x}:done:<event id>`).
@@ -346,16 +320,14 @@ async fn a_waiter_that_follows_one_that_ended_is_still_subscribed_and_woken() {
     assert!(!current.is_finished(), "the event is not done yet");
 
     // Complete the event: the last waiter is woken with the outcome.
-    let w = env
-        .bus
-        .worker()
-        .subscribe(subscriber_fn(
+    let w = start_worker(
+        &env.bus,
+        subscriber_fn(
             SubscriberOptions::new("g").track_status(true),
             |e: Ping, _ctx| async move { Ok::<_, HandlerError>(e.n) },
-        ))
-        .start()
-        .await
-        .expect("start");
+        ),
+    )
+    .await;
     let started = Instant::now();
     let st = current.await.expect("join").expect("wait_for");
     assert_eq!(st.state, bus_core::State::Succeeded);
