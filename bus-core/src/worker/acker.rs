@@ -24,9 +24,13 @@ const CAPACITY: usize = 4 * MAX_BATCH;
 /// pending and are delivered again after the visibility timeout: at-least-once still holds).
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
-struct Ack {
-    id: String,
-    has_record: bool,
+enum Msg {
+    Ack {
+        id: String,
+        has_record: bool,
+    },
+    /// Flush what came before and end (shutdown, once no handler runs any more).
+    Close,
 }
 
 /// Acknowledgements queued or in flight: an entry settled here but not yet acknowledged in Redis
@@ -52,7 +56,7 @@ impl Unacked {
 
 #[derive(Debug, Clone)]
 pub(crate) struct AckSender {
-    tx: mpsc::Sender<Ack>,
+    tx: mpsc::Sender<Msg>,
     unacked: Arc<Unacked>,
 }
 
@@ -60,16 +64,26 @@ impl AckSender {
     /// Queues an acknowledgement; `has_record` also deletes the entry's attempt record.
     pub(crate) async fn ack(&self, id: String, has_record: bool) {
         self.unacked.count.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(Ack { id, has_record }).await.is_err() {
+        if self.tx.send(Msg::Ack { id, has_record }).await.is_err() {
             self.unacked.count.fetch_sub(1, Ordering::AcqRel);
             self.unacked.changed.notify_waiters();
             tracing::error!("ack channel closed; the entry will be redelivered");
         }
     }
+
+    /// Asks the acker to flush what was queued and end.
+    pub(crate) async fn close(&self) {
+        let _ = self.tx.send(Msg::Close).await;
+    }
 }
 
-/// Starts the ack task for one lane. It ends once every [`AckSender`] is dropped and all acks are
-/// flushed.
+struct Ack {
+    id: String,
+    has_record: bool,
+}
+
+/// Starts the ack task for one lane. It ends at [`AckSender::close`] (or once every sender is
+/// dropped), after flushing what was queued before.
 pub(crate) fn spawn(
     client: Client,
     key: String,
@@ -77,18 +91,26 @@ pub(crate) fn spawn(
     group: String,
     unacked: Arc<Unacked>,
 ) -> (AckSender, JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Ack>(CAPACITY);
+    let (tx, mut rx) = mpsc::channel::<Msg>(CAPACITY);
     let sender = AckSender {
         tx,
         unacked: unacked.clone(),
     };
     let task = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(64);
-        while let Some(ack) = rx.recv().await {
-            batch.push(ack);
+        let mut open = true;
+        while open {
+            match rx.recv().await {
+                Some(Msg::Ack { id, has_record }) => batch.push(Ack { id, has_record }),
+                Some(Msg::Close) | None => break,
+            }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(ack) => batch.push(ack),
+                    Ok(Msg::Ack { id, has_record }) => batch.push(Ack { id, has_record }),
+                    Ok(Msg::Close) => {
+                        open = false;
+                        break;
+                    }
                     Err(_) => break,
                 }
             }

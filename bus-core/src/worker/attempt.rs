@@ -71,6 +71,15 @@ pub(crate) async fn run_attempt(g: &Arc<Group>, d: Delivery) -> Slot {
         slot,
     } = d;
     let (outcome, meta) = attempt_outcome(g, &id, fields, attempt).await;
+    if outcome == Outcome::Ack && !g.opts().get_track_status() {
+        // The common case, kept free of allocations: acknowledge and let go.
+        g.metrics.handled.increment(1);
+        // Not held any more: the lease was lost and another worker may have written an
+        // attempt record meanwhile; this ack settles the entry, so the record goes too.
+        let lost = !g.held.remove(lane, &id, token);
+        g.ack(lane, id, has_record || lost).await;
+        return slot;
+    }
     let span = meta.span.clone().unwrap_or_else(tracing::Span::none);
     let settled = Settle {
         lane,

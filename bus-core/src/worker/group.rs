@@ -70,8 +70,8 @@ pub(crate) struct Group {
     /// One permit per concurrency slot.
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) gate: SoloGate,
-    /// Per lane; taken (closed) at shutdown once handlers are done.
-    pub(crate) acks: Mutex<Option<Vec<AckSender>>>,
+    /// Per lane; closed at shutdown once handlers are done.
+    pub(crate) acks: Vec<AckSender>,
     /// Acknowledgements queued or in flight, all lanes.
     pub(crate) unacked: Arc<Unacked>,
     pub(crate) pool: Pool,
@@ -109,7 +109,7 @@ impl Group {
             client: bus.inner.client.clone(),
             settings,
             gate,
-            acks: Mutex::new(Some(acks)),
+            acks,
             unacked,
             stop,
             keys,
@@ -153,16 +153,15 @@ impl Group {
 
     /// Queues an acknowledgement on the lane's acker.
     pub(crate) async fn ack(&self, lane: Lane, id: String, has_record: bool) {
-        let sender = self
-            .acks
-            .lock()
-            .ok()
-            .and_then(|a| a.as_ref().and_then(|a| a.get(lane).cloned()));
-        match sender {
-            Some(s) => s.ack(id, has_record).await,
-            None => {
-                tracing::error!(entry_id = %id, "acks are closed; the entry will be redelivered")
-            }
+        if let Some(sender) = self.acks.get(lane) {
+            sender.ack(id, has_record).await;
+        }
+    }
+
+    /// Flushes and ends the ackers.
+    pub(crate) async fn close_acks(&self) {
+        for sender in &self.acks {
+            sender.close().await;
         }
     }
 

@@ -104,9 +104,7 @@ impl GroupRunner {
 
     /// Releases the connections of a group that never ran.
     pub(crate) async fn close(self) {
-        if let Ok(mut a) = self.group.acks.lock() {
-            a.take();
-        }
+        self.group.close_acks().await;
         for a in self.ackers {
             let _ = a.await;
         }
@@ -181,9 +179,7 @@ async fn shut_down(
     }
     let _ = heartbeat_stop.send(true);
     let _ = heartbeat.await;
-    if let Ok(mut a) = g.acks.lock() {
-        a.take();
-    }
+    g.close_acks().await;
     for a in ackers {
         let _ = a.await;
     }

@@ -69,10 +69,9 @@ impl Reader {
         while !g.stopped() {
             // Room in the held table: failed entries waiting for their retries count, so a
             // downstream outage leaves the backlog in the stream instead of in this process.
-            let left = g.held.left();
             if g.room() == 0 {
                 tokio::select! {
-                    () = left => {}
+                    () = g.held.wait_for_room(|| g.room() > 0) => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
                 continue;

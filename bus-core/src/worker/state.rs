@@ -25,6 +25,7 @@
 //! whatever is left.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -61,8 +62,10 @@ struct Held {
 /// Every entry this consumer holds, per lane.
 pub(crate) struct HeldTable {
     inner: Mutex<Inner>,
-    /// Woken whenever an entry leaves the table (room for more reads).
+    /// Woken when an entry leaves the table while the read loop waits for room.
     left: Notify,
+    /// Set while the read loop waits for room (so settling an entry costs no wake-up otherwise).
+    waiting: AtomicBool,
 }
 
 struct Inner {
@@ -80,6 +83,13 @@ impl HeldTable {
                 len: 0,
             }),
             left: Notify::new(),
+            waiting: AtomicBool::new(false),
+        }
+    }
+
+    fn entry_left(&self) {
+        if self.waiting.load(Ordering::SeqCst) {
+            self.left.notify_waiters();
         }
     }
 
@@ -163,7 +173,7 @@ impl HeldTable {
             .flatten()
             .is_some();
         if removed {
-            self.left.notify_waiters();
+            self.entry_left();
         }
         removed
     }
@@ -183,7 +193,7 @@ impl HeldTable {
                 task.abort();
             }
         }
-        self.left.notify_waiters();
+        self.entry_left();
         Some(held.phase)
     }
 
@@ -199,10 +209,17 @@ impl HeldTable {
         self.with(|t| t.len).unwrap_or(0)
     }
 
-    /// Waits until an entry leaves the table. Create the future before checking the condition
-    /// that makes you wait.
-    pub(crate) fn left(&self) -> tokio::sync::futures::Notified<'_> {
-        self.left.notified()
+    /// Waits until `has_room` holds, re-checking each time an entry leaves the table.
+    pub(crate) async fn wait_for_room(&self, has_room: impl Fn() -> bool) {
+        loop {
+            let left = self.left.notified();
+            self.waiting.store(true, Ordering::SeqCst);
+            if has_room() {
+                self.waiting.store(false, Ordering::SeqCst);
+                return;
+            }
+            left.await;
+        }
     }
 
     /// The ids held in one lane.
