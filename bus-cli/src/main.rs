@@ -22,8 +22,14 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "streambus", version, about = "Operate a Streambus deployment")]
 struct Cli {
-    /// Redis URL.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    /// Redis URL (its password is never printed: the environment value is hidden in --help and
+    /// errors show the URL redacted).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     url: String,
     /// Key prefix of the bus.
     #[arg(long, env = "STREAMBUS_PREFIX", default_value = "bus")]

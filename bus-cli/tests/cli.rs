@@ -91,3 +91,36 @@ async fn operators_inspect_and_repair_dead_letters() {
     let (ok, out) = cli(&env, &["info", "bad stream"]);
     assert!(!ok && out.contains("invalid stream name"), "{out}");
 }
+
+#[test]
+fn the_redis_password_is_never_printed() {
+    let secret = "s3cret-pw";
+    let url = format!("redis://app:{secret}@127.0.0.1:1/0");
+    // --help shows where the URL comes from, not its value.
+    let help = Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .arg("--help")
+        .env("REDIS_URL", &url)
+        .output()
+        .expect("run streambus --help");
+    let text =
+        String::from_utf8_lossy(&help.stdout).into_owned() + &String::from_utf8_lossy(&help.stderr);
+    assert!(text.contains("REDIS_URL"), "{text}");
+    assert!(
+        !text.contains(secret),
+        "--help printed the password: {text}"
+    );
+    // A connection error names the server, redacted.
+    let out = Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args(["streams"])
+        .env("REDIS_URL", &url)
+        .output()
+        .expect("run streambus");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(
+        !text.contains(secret),
+        "an error printed the password: {text}"
+    );
+}

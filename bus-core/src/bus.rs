@@ -147,7 +147,21 @@ impl PublishOptions {
         self
     }
 
-    /// De-duplicates by an idempotency key (see above).
+    pub(crate) fn has_dedup(&self) -> bool {
+        self.dedup.is_some()
+    }
+
+    /// The same options on the normal lane (where delayed events go).
+    pub(crate) fn normal_lane(&self) -> Self {
+        Self {
+            priority: crate::names::Priority::Normal,
+            ..self.clone()
+        }
+    }
+
+    /// De-duplicates by an idempotency key (see above). The window must be between 1 ms and
+    /// [`MAX_DEDUP_WINDOW`](crate::MAX_DEDUP_WINDOW); publishing with another one is an
+    /// [`Error::Config`] and writes nothing.
     #[must_use]
     pub fn dedup(mut self, key: impl Into<String>, window: Duration) -> Self {
         self.dedup = Some((key.into(), window));
@@ -350,17 +364,61 @@ pub(crate) fn version_at_least(version: &str, min: (u32, u32)) -> bool {
 
 /// Removes the password from a Redis URL for error messages and logs.
 pub(crate) fn redact(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
+    redact_url(url)
+}
+
+/// The longest de-duplication window: 100 years, far below what Redis accepts as a TTL.
+pub const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A de-duplication window must be at least 1 ms and at most [`MAX_DEDUP_WINDOW`], checked before
+/// anything is written.
+fn validate_dedup_window(window: Duration) -> Result<()> {
+    if window < Duration::from_millis(1) || window > MAX_DEDUP_WINDOW {
+        return Err(Error::Config(format!(
+            "de-duplication window {window:?} is outside 1 ms ..= {MAX_DEDUP_WINDOW:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// A Redis URL with its secrets replaced by `***`: the password in the user part
+/// (`redis://user:***@host`) and the value of any query parameter whose name mentions a password
+/// (`?sentinelPassword=***`). Use it whenever a URL is printed or logged; the bus does for every
+/// error and its `Debug` output.
+///
+/// ```
+/// assert_eq!(
+///     bus_core::redact_url("rediss://app:s3cret@redis.internal:6380/0"),
+///     "rediss://app:***@redis.internal:6380/0"
+/// );
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = base.to_owned();
+    if let Some(scheme_end) = base.find("://") {
+        let rest = &base[scheme_end + 3..];
         if let Some(at) = rest.rfind('@') {
             let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                return format!("{}{user}:***@{}", &url[..scheme_end + 3], &rest[at + 1..]);
+            if let Some((user, _password)) = userinfo.split_once(':') {
+                out = format!("{}{user}:***@{}", &base[..scheme_end + 3], &rest[at + 1..]);
             }
         }
     }
-    url.to_owned()
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 /// The caller's headers plus, with the `opentelemetry` feature, the current span's trace context
@@ -501,8 +559,9 @@ impl Bus {
         opts: PublishOptions,
         span: &tracing::Span,
     ) -> Result<Published> {
-        if let Some((key, _)) = &opts.dedup {
+        if let Some((key, window)) = &opts.dedup {
             validate_name("dedup key", key)?;
+            validate_dedup_window(*window)?;
         }
         let p = self.prepare(event, &opts)?;
         span.record("event_id", p.event_id.as_str());
@@ -564,7 +623,7 @@ impl Bus {
     ) -> Result<Published> {
         let dedup_key = self.keys(E::STREAM).dedup(key);
         let mut args = vec![
-            Value::from(window.as_millis().max(1) as i64),
+            Value::from(window.as_millis() as i64),
             Value::from(p.event_id.as_str()),
         ];
         for (k, v) in p.fields {
@@ -647,6 +706,13 @@ mod tests {
         assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
+        assert_eq!(redact("redis://user@h:1"), "redis://user@h:1");
+        assert_eq!(
+            redact(
+                "redis-sentinel://:pw@h:26379?sentinelServiceName=m&sentinelPassword=spw&node=h2:1"
+            ),
+            "redis-sentinel://:***@h:26379?sentinelServiceName=m&sentinelPassword=***&node=h2:1"
+        );
     }
 
     #[test]

@@ -47,21 +47,46 @@ redis.call('ZADD', KEYS[1], due, ARGV[2])
 return due
 "#;
 
-/// KEYS: delayed set, stream. ARGV: most to move. Moves every member due by Redis `TIME` into the
-/// stream and removes it from the set, in one atomic step. Returns how many were moved.
+/// KEYS: delayed set, stream, unmovable stream. ARGV: most to move. Moves every member due by
+/// Redis `TIME` into the stream and removes it from the set, in one atomic step. A member that
+/// cannot become an entry (not a field list, too many fields, a value `XADD` refuses) is moved
+/// aside into the unmovable stream with the error instead, so it never blocks the members due
+/// after it. Returns `{moved, moved aside}`.
 const MOVE_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local moved, aside = 0, 0
 for _, m in ipairs(due) do
+  local err = nil
   local ok, fields = pcall(cmsgpack.unpack, m)
-  if ok and type(fields) == 'table' and #fields >= 2 and #fields % 2 == 0 then
-    redis.call('XADD', KEYS[2], '*', unpack(fields))
+  if not ok or type(fields) ~= 'table' or #fields < 2 or #fields % 2 ~= 0 then
+    err = 'not a field list'
+  else
+    local called, r = pcall(function()
+      return redis.pcall('XADD', KEYS[2], '*', unpack(fields))
+    end)
+    if not called then
+      err = tostring(r)
+    elseif type(r) == 'table' and r.err then
+      err = r.err
+    end
+  end
+  if err then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'reason', 'unmovable', 'error', err,
+      'due', string.format('%d', now), 'member', m)
+    aside = aside + 1
+  else
+    moved = moved + 1
   end
   redis.call('ZREM', KEYS[1], m)
 end
-return #due
+return {moved, aside}
 "#;
+
+/// Most fields a delayed event may have: the mover rebuilds the entry with Lua's `unpack`, which
+/// takes a bounded number of values.
+const MAX_DELAYED_FIELDS: usize = 3000;
 
 fn schedule_script() -> &'static Script {
     static S: OnceLock<Script> = OnceLock::new();
@@ -77,6 +102,13 @@ fn move_script() -> &'static Script {
 /// `bin` type, so byte strings go as `str` headers followed by the raw bytes (Lua strings are
 /// binary-safe; `cmsgpack` does not check UTF-8).
 fn encode_member(fields: &[(fred::types::Key, Value)]) -> Result<Vec<u8>> {
+    if fields.len() > MAX_DELAYED_FIELDS {
+        return Err(Error::Config(format!(
+            "a delayed event may carry at most {MAX_DELAYED_FIELDS} fields (envelope and headers); \
+             this one has {}",
+            fields.len()
+        )));
+    }
     let mut out = Vec::with_capacity(64);
     let enc = |e: rmp::encode::ValueWriteError| Error::Encode(e.to_string());
     rmp::encode::write_array_len(&mut out, (fields.len() * 2) as u32).map_err(enc)?;
@@ -113,6 +145,20 @@ impl Bus {
         .await
     }
 
+    /// [`publish_after`](Self::publish_after) with headers ([`PublishOptions::header`]). Delayed
+    /// events go to the normal lane; de-duplication is not available for them (an
+    /// [`Error::Config`]). An event with more fields than the mover can rebuild (envelope and
+    /// headers over a few thousand) is refused here, not left for the mover.
+    pub async fn publish_after_with<E: Event>(
+        &self,
+        event: &E,
+        delay: Duration,
+        opts: PublishOptions,
+    ) -> Result<Scheduled> {
+        self.schedule(event, (delay.as_millis() as u64).to_string(), opts)
+            .await
+    }
+
     /// Publishes an event that handlers see from `at` on (wall-clock time; a time in the past is
     /// due at once).
     pub async fn publish_at<E: Event>(&self, event: &E, at: SystemTime) -> Result<Scheduled> {
@@ -130,7 +176,12 @@ impl Bus {
         when: String,
         opts: PublishOptions,
     ) -> Result<Scheduled> {
-        let p = self.prepare(event, &opts)?;
+        if opts.has_dedup() {
+            return Err(Error::Config(
+                "de-duplication is not available for delayed events".into(),
+            ));
+        }
+        let p = self.prepare(event, &opts.normal_lane())?;
         let member = encode_member(&p.fields)?;
         let delayed = self.keys(E::STREAM).delayed();
         let due = redis::eval(
@@ -161,7 +212,12 @@ pub(crate) async fn mover_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let keys = bus.keys(stream);
-    let (delayed, key) = (keys.delayed(), keys.stream().to_owned());
+    let script_keys = vec![
+        keys.delayed(),
+        keys.stream().to_owned(),
+        keys.delayed_dead_letters(),
+    ];
+    let unmovable = crate::metrics::delayed_unmovable(stream);
     loop {
         if *stop.borrow() {
             return;
@@ -169,21 +225,30 @@ pub(crate) async fn mover_loop(
         let r = redis::eval(
             move_script(),
             &bus.inner.client,
-            vec![delayed.clone(), key.clone()],
+            script_keys.clone(),
             vec![Value::from(MOVE_BATCH)],
         )
         .await;
-        let moved = match r {
-            Ok(v) => v.as_i64().unwrap_or(0),
+        let (moved, aside) = match r.and_then(|v| Ok(v.convert::<(i64, i64)>()?)) {
+            Ok(counts) => counts,
             Err(e) => {
                 tracing::warn!(stream, error = %e, "moving delayed events failed");
-                0
+                (0, 0)
             }
         };
         if moved > 0 {
             tracing::debug!(stream, moved, "moved due delayed events");
         }
-        if moved >= MOVE_BATCH {
+        if aside > 0 {
+            unmovable.increment(aside as u64);
+            tracing::error!(
+                stream,
+                count = aside,
+                key = %script_keys[2],
+                "delayed events that cannot become entries were moved aside"
+            );
+        }
+        if moved + aside >= MOVE_BATCH {
             continue;
         }
         tokio::select! {

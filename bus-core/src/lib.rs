@@ -103,7 +103,9 @@ pub mod testing;
 mod trim;
 mod worker;
 
-pub use bus::{Bus, BusBuilder, PublishOptions, Published, DEFAULT_MAX_PAYLOAD};
+pub use bus::{
+    redact_url, Bus, BusBuilder, PublishOptions, Published, DEFAULT_MAX_PAYLOAD, MAX_DEDUP_WINDOW,
+};
 pub use codec::Codec;
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use delayed::Scheduled;

@@ -14,6 +14,7 @@
 //! | `streambus_lease_lost_total` | counter | stream, group |
 //! | `streambus_timed_out_total` | counter | stream, group (attempts past the handler timeout) |
 //! | `streambus_skipped_total` | counter | stream, group, reason (`unknown_type`) |
+//! | `streambus_delayed_unmovable_total` | counter | stream (delayed events moved aside to `…:delayed-dlq`) |
 //! | `streambus_handle_seconds` | histogram | stream, group |
 //! | `streambus_publish_to_handle_seconds` | histogram | stream, group (producer clock to worker clock) |
 
@@ -77,6 +78,11 @@ impl SubscriberMetrics {
         )
         .increment(1);
     }
+}
+
+/// Delayed events of `stream` the mover moved aside.
+pub(crate) fn delayed_unmovable(stream: &'static str) -> Counter {
+    counter!("streambus_delayed_unmovable_total", "stream" => stream)
 }
 
 pub(crate) fn published(stream: &'static str, n: u64) {

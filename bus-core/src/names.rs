@@ -106,6 +106,11 @@ impl StreamKeys {
         format!("{}:delayed", self.base)
     }
 
+    /// Delayed events the mover could not move, with the reason (a capped stream).
+    pub(crate) fn delayed_dead_letters(&self) -> String {
+        format!("{}:delayed-dlq", self.base)
+    }
+
     /// The stream key of a priority lane (`Normal` is the stream key itself).
     pub(crate) fn lane(&self, p: Priority) -> String {
         match p {

@@ -36,7 +36,10 @@ pub async fn connect(prefix: &str, spawn_if_missing: bool) -> (Bus, Redis) {
     match attempt {
         Ok(bus) => (bus, Redis { url, server: None }),
         Err(Error::Unreachable { reason, .. }) if spawn_if_missing => {
-            println!("No Redis answered at {url} ({reason}).");
+            println!(
+                "No Redis answered at {} ({reason}).",
+                bus_core::redact_url(&url)
+            );
             if !redis_server_available() {
                 eprintln!(
                     "No redis-server on PATH either. Install one (Debian/Ubuntu: `apt-get install redis-server`, \
@@ -71,7 +74,7 @@ pub async fn connect(prefix: &str, spawn_if_missing: bool) -> (Bus, Redis) {
             }
         }
         Err(e) => {
-            eprintln!("Cannot use Redis at {url}: {e}");
+            eprintln!("Cannot use Redis at {}: {e}", bus_core::redact_url(&url));
             std::process::exit(2);
         }
     }

@@ -1,0 +1,142 @@
+//! Limits and hostile input on the publish side: de-dup windows Redis would refuse, delayed events
+//! the mover cannot turn into entries.
+
+use std::time::{Duration, SystemTime};
+
+use bus_core::{Error, Event, PublishOptions, SubscriberOptions};
+use fred::prelude::*;
+use fred::types::Value;
+use integration_tests::support::recording;
+use integration_tests::{Recorder, TestEnv};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(stream = "limits")]
+struct Job {
+    n: u64,
+}
+
+async fn xlen(env: &TestEnv, key: &str) -> u64 {
+    env.bus.redis().xlen(key).await.expect("XLEN")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedup_window_redis_would_refuse_writes_nothing_and_a_retry_publishes_once() {
+    let env = TestEnv::new("dedupwin").await;
+    let key = env.bus.stream_key("limits").expect("key");
+    for window in [Duration::MAX, Duration::ZERO] {
+        let r = env
+            .bus
+            .publish_with(&Job { n: 1 }, PublishOptions::new().dedup("k", window))
+            .await;
+        assert!(matches!(r, Err(Error::Config(_))), "{window:?}: {r:?}");
+    }
+    assert_eq!(
+        xlen(&env, &key).await,
+        0,
+        "a refused publish wrote an entry"
+    );
+    // The caller retries with a sane window: exactly one entry, then duplicates.
+    let opts = PublishOptions::new().dedup("k", Duration::from_secs(60));
+    let first = env
+        .bus
+        .publish_with(&Job { n: 1 }, opts.clone())
+        .await
+        .expect("publish");
+    let again = env
+        .bus
+        .publish_with(&Job { n: 1 }, opts)
+        .await
+        .expect("publish");
+    assert!(!first.duplicate && again.duplicate);
+    assert_eq!(again.entry_id, first.entry_id);
+    assert_eq!(xlen(&env, &key).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_event_the_mover_cannot_move_is_set_aside_and_the_rest_keep_moving() {
+    let env = TestEnv::new("mover").await;
+    let delayed = format!("{}:{{limits}}:delayed", env.prefix);
+    let aside = format!("{}:{{limits}}:delayed-dlq", env.prefix);
+    let r = env.bus.redis();
+    // Bad members due first: a nested value (XADD refuses a table argument), a field list too
+    // long for Lua's unpack, and bytes that are not MessagePack at all.
+    let nested: Vec<u8> = vec![0x92, 0xa1, b'p', 0x91, 0x01]; // ["p", [1]]
+                                                              // A MessagePack array32 of 10 000 short strings.
+    let mut huge = vec![0xdd];
+    huge.extend_from_slice(&10_000u32.to_be_bytes());
+    for i in 0..10_000u32 {
+        let s = format!("f{i}");
+        huge.push(0xa0 | s.len() as u8);
+        huge.extend_from_slice(s.as_bytes());
+    }
+    for (score, member) in [(1.0, nested), (2.0, huge), (3.0, b"\xc1garbage".to_vec())] {
+        let _: Value = r
+            .zadd(
+                delayed.as_str(),
+                None,
+                None,
+                false,
+                false,
+                (score, Value::Bytes(member.into())),
+            )
+            .await
+            .expect("ZADD");
+    }
+    // Good events due at once, behind them.
+    for n in 0..5 {
+        env.bus
+            .publish_at(&Job { n }, SystemTime::now() - Duration::from_secs(1))
+            .await
+            .expect("publish_at");
+    }
+    let rec = Recorder::new();
+    let w = env
+        .bus
+        .worker()
+        .move_delayed_every(Duration::from_millis(50))
+        .subscribe(recording(
+            SubscriberOptions::new("g"),
+            &rec,
+            |j: &Job, _| j.n.to_string(),
+        ))
+        .start()
+        .await
+        .expect("start");
+    rec.wait_for(Duration::from_secs(10), "the good delayed events", |m| {
+        (0..5).all(|n| m.contains_key(&n.to_string()))
+    })
+    .await;
+    assert_eq!(env.bus.delayed_count("limits").await.expect("count"), 0);
+    let rows: Value = r
+        .xrange(aside.as_str(), "-", "+", None)
+        .await
+        .expect("XRANGE");
+    let rows = match rows {
+        Value::Array(a) => a,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(
+        rows.len(),
+        3,
+        "each bad member is moved aside once: {rows:?}"
+    );
+    w.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_event_with_more_fields_than_the_mover_can_move_is_refused_at_schedule_time() {
+    let env = TestEnv::new("moverfields").await;
+    let mut opts = PublishOptions::new();
+    for i in 0..4100 {
+        opts = opts.header(format!("h{i}"), "x");
+    }
+    // The immediate path accepts it (Redis takes the XADD); the delayed path must refuse it now,
+    // not leave it for a mover that cannot move it.
+    let r = env
+        .bus
+        .publish_after_with(&Job { n: 1 }, Duration::from_millis(10), opts)
+        .await;
+    assert!(matches!(r, Err(Error::Config(_))), "{r:?}");
+    assert_eq!(env.bus.delayed_count("limits").await.expect("count"), 0);
+}
