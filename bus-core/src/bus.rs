@@ -239,6 +239,14 @@ impl BusBuilder {
     pub async fn connect(self, url: &str) -> Result<Bus> {
         validate_name("prefix", &self.prefix)?;
         let redacted = redact(url);
+        if requests_tls(url) {
+            // fred is built without a TLS feature here: such a URL would connect in plaintext and
+            // send the password in clear. Refuse instead of downgrading.
+            return Err(Error::Config(format!(
+                "{redacted} asks for TLS, which this build of Streambus does not support yet; \
+                 use a redis:// URL on a trusted network or a TLS tunnel"
+            )));
+        }
         let config = Config::from_url(url)
             .map_err(|e| Error::Config(format!("bad Redis URL {redacted}: {}", e.details())))?;
         let client = build_client(config, self.connect_timeout, self.command_timeout)?;
@@ -315,10 +323,19 @@ fn connect_error(url: &str, e: &fred::error::Error) -> Error {
 }
 
 async fn check_server(client: &Client, url: &str) -> Result<()> {
-    let info: String = client
-        .info(Some(fred::types::InfoKind::Server))
-        .await
-        .map_err(|e| connect_error(url, &e))?;
+    let info: String = match client.info(Some(fred::types::InfoKind::Server)).await {
+        Ok(info) => info,
+        // A least-privilege ACL user may not run INFO: the connection works, the version just
+        // cannot be checked here (an older server fails later, on the first stream command).
+        Err(e) if e.details().starts_with("NOPERM") => {
+            tracing::warn!(
+                url,
+                "INFO is not permitted for this user; cannot check that Redis is 6.2 or newer"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(connect_error(url, &e)),
+    };
     let version = info
         .lines()
         .find_map(|l| l.strip_prefix("redis_version:"))
@@ -365,6 +382,12 @@ pub(crate) fn version_at_least(version: &str, min: (u32, u32)) -> bool {
 /// Removes the password from a Redis URL for error messages and logs.
 pub(crate) fn redact(url: &str) -> String {
     redact_url(url)
+}
+
+/// Whether a URL's scheme asks for TLS (`rediss://`, `rediss-cluster://`, `valkeys://`, …).
+fn requests_tls(url: &str) -> bool {
+    let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
+    scheme.starts_with("rediss") || scheme.starts_with("valkeys")
 }
 
 /// The longest de-duplication window: 100 years, far below what Redis accepts as a TTL.
