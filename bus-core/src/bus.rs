@@ -177,6 +177,8 @@ pub struct BusBuilder {
     max_payload: usize,
     connect_timeout: Duration,
     command_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsOptions>,
 }
 
 impl Default for BusBuilder {
@@ -187,6 +189,8 @@ impl Default for BusBuilder {
             max_payload: DEFAULT_MAX_PAYLOAD,
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(10),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -226,6 +230,15 @@ impl BusBuilder {
         self
     }
 
+    /// TLS settings for `rediss://` URLs (default: the system's trusted roots, no client
+    /// certificate). See [`TlsOptions`](crate::TlsOptions).
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(mut self, tls: crate::tls::TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// How long a command may wait (including while reconnecting) before it fails (default 10 s).
     #[must_use]
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
@@ -239,16 +252,22 @@ impl BusBuilder {
     pub async fn connect(self, url: &str) -> Result<Bus> {
         validate_name("prefix", &self.prefix)?;
         let redacted = redact(url);
+        #[cfg(not(feature = "tls"))]
         if requests_tls(url) {
-            // fred is built without a TLS feature here: such a URL would connect in plaintext and
-            // send the password in clear. Refuse instead of downgrading.
+            // Without TLS compiled in, such a URL would connect in plaintext and send the
+            // password in clear. Refuse instead of downgrading.
             return Err(Error::Config(format!(
-                "{redacted} asks for TLS, which this build of Streambus does not support yet; \
-                 use a redis:// URL on a trusted network or a TLS tunnel"
+                "{redacted} asks for TLS, but bus-core was built without its `tls` feature"
             )));
         }
-        let config = Config::from_url(url)
+        #[allow(unused_mut)]
+        let mut config = Config::from_url(url)
             .map_err(|e| Error::Config(format!("bad Redis URL {redacted}: {}", e.details())))?;
+        #[cfg(feature = "tls")]
+        if requests_tls(url) {
+            let options = self.tls.clone().unwrap_or_default();
+            config.tls = Some(options.config()?);
+        }
         let client = build_client(config, self.connect_timeout, self.command_timeout)?;
         let init =
             tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), client.init());
@@ -305,6 +324,17 @@ pub(crate) fn build_client(
 
 fn connect_error(url: &str, e: &fred::error::Error) -> Error {
     let text = e.details().to_owned();
+    let lower = text.to_ascii_lowercase();
+    #[cfg(feature = "tls")]
+    let tls_kind = *e.kind() == fred::error::ErrorKind::Tls;
+    #[cfg(not(feature = "tls"))]
+    let tls_kind = false;
+    if tls_kind || lower.contains("certificate") || lower.contains("handshake") {
+        return Error::Tls {
+            url: url.to_owned(),
+            reason: text,
+        };
+    }
     if *e.kind() == fred::error::ErrorKind::Auth
         || text.starts_with("WRONGPASS")
         || text.starts_with("NOAUTH")

@@ -22,6 +22,15 @@ pub enum Error {
         /// What the connection attempt reported.
         reason: String,
     },
+    /// The TLS connection failed: the server's certificate is not trusted (wrong CA, wrong host
+    /// name, expired), the server asks for a client certificate, or the handshake failed.
+    #[error("TLS to Redis at {url} failed: {reason}")]
+    Tls {
+        /// The address, with any password removed.
+        url: String,
+        /// What the TLS layer reported.
+        reason: String,
+    },
     /// The server rejected the credentials (or requires some and none were given).
     #[error("Redis at {url} rejected the credentials: {reason}")]
     Auth {

@@ -61,6 +61,9 @@
 //! ## Feature flags
 //!
 //! - `macros` (default): `#[subscriber]` and `#[derive(Event)]`.
+//! - `tls` (default): `rediss://` URLs over rustls (ring provider; no system OpenSSL needed), with
+//!   the system's trusted roots or a private CA and client certificates ([`TlsOptions`]). Without
+//!   it, a `rediss://` URL is refused rather than connected in plaintext.
 //! - `test-util`: the `testing` module — throwaway `redis-server` processes and key clean-up.
 //! - `opentelemetry`: trace context propagation. Every publish writes the OpenTelemetry context
 //!   of the current `tracing` span into the event's headers through the global text-map
@@ -100,6 +103,8 @@ mod status;
 mod subscriber;
 #[cfg(feature = "test-util")]
 pub mod testing;
+#[cfg(feature = "tls")]
+mod tls;
 mod trim;
 mod worker;
 
@@ -119,6 +124,8 @@ pub use subscriber::{
     subscriber_fn, Context, ContextBuilder, FnSubscriber, HandlerOutput, HandlerResult,
     IntoHandlerResult, StartFrom, Subscriber, SubscriberOptions, UnknownTypes,
 };
+#[cfg(feature = "tls")]
+pub use tls::TlsOptions;
 pub use trim::Retention;
 pub use worker::{default_consumer_name, Worker, WorkerHandle};
 
