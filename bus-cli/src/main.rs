@@ -6,12 +6,16 @@
 //!   streams                                   list streams
 //!   info <stream>                             lanes, delayed events, groups (pending, lag, consumers, dead letters)
 //!   dlq list <stream> <group> [--limit N]     dead letters, oldest first
-//!   dlq replay <stream> <group> (--all | ID…) send back to that group only (attempts reset)
-//!   dlq purge <stream> <group> (--all | ID…)  delete dead letters
+//!   dlq replay <stream> <group> (--all | ID…) [--yes] [--dry-run]
+//!                                             send back to that group only (attempts reset)
+//!   dlq purge <stream> <group> (--all | ID…) [--yes] [--dry-run]
+//!                                             delete dead letters
 //!   status <stream> <event-id>                per-group status of an event (groups that track status)
 //!   trim <stream> [--min-age-secs S] [--min-count N]   safe trim now
 //! ```
-//! `REDIS_URL` and `STREAMBUS_PREFIX` set the defaults of `--url` and `--prefix`.
+//! `REDIS_URL` and `STREAMBUS_PREFIX` set the defaults of `--url` and `--prefix`. `--all` asks
+//! first (or needs `--yes` without a terminal); an unknown stream or group is an error; text from
+//! Redis is printed with control characters escaped.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -79,20 +83,36 @@ enum Dlq {
     Replay {
         stream: String,
         group: String,
-        /// Every dead letter of the group.
+        /// Every dead letter of the group (asks for confirmation unless --yes).
         #[arg(long, conflicts_with = "ids")]
         all: bool,
         /// Dead-letter ids (the `id` column of `dlq list`).
         ids: Vec<String>,
+        #[command(flatten)]
+        safety: Safety,
     },
     /// Delete dead letters.
     Purge {
         stream: String,
         group: String,
+        /// Every dead letter of the group (asks for confirmation unless --yes).
         #[arg(long, conflicts_with = "ids")]
         all: bool,
         ids: Vec<String>,
+        #[command(flatten)]
+        safety: Safety,
     },
+}
+
+/// Guards for commands that change or delete many dead letters.
+#[derive(Debug, clap::Args)]
+struct Safety {
+    /// Do it without asking (needed with --all when standard input is not a terminal).
+    #[arg(long)]
+    yes: bool,
+    /// Print what would change, change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -108,6 +128,147 @@ async fn main() -> ExitCode {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Text from Redis made safe for a terminal: control characters (a crafted entry could carry
+/// escape sequences that rewrite the screen) are shown escaped.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// The stream must exist under the prefix: a typo in either is an error, not an empty answer.
+async fn check_stream(bus: &Bus, stream: &str) -> Result<(), BoxError> {
+    bus_core::validate_name("stream", stream)?;
+    if bus.streams().await?.iter().any(|s| s == stream) {
+        return Ok(());
+    }
+    Err(format!("no stream {stream:?} under this prefix (see `streambus streams`)").into())
+}
+
+/// The group must exist on the stream: a typo is an error, not "purged 0".
+async fn check_group(bus: &Bus, stream: &str, group: &str) -> Result<(), BoxError> {
+    check_stream(bus, stream).await?;
+    let info = bus.inspect(stream).await?;
+    if info.groups.iter().any(|g| g.name == group) {
+        return Ok(());
+    }
+    let known: Vec<String> = info.groups.iter().map(|g| printable(&g.name)).collect();
+    Err(format!(
+        "no group {group:?} on stream {stream:?} under this prefix (groups: {})",
+        if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        }
+    )
+    .into())
+}
+
+/// Asks before changing `n` dead letters, unless `--yes`; refuses when nobody can answer.
+fn confirm(what: &str, n: u64, safety: &Safety) -> Result<bool, BoxError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if safety.yes || n == 0 {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(format!("{what} {n} dead letters: add --yes to confirm (or --dry-run)").into());
+    }
+    eprint!("{what} {n} dead letters? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// Prints a command's result as text or JSON.
+fn report(json: bool, value: serde_json::Value, text: String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{text}");
+    }
+}
+
+/// What a bulk dead-letter command does.
+#[derive(Debug, Clone, Copy)]
+enum Bulk {
+    Replay,
+    Purge,
+}
+
+impl Bulk {
+    fn verb(self) -> &'static str {
+        match self {
+            Bulk::Replay => "replay",
+            Bulk::Purge => "purge",
+        }
+    }
+}
+
+/// The dead letters of one group on one stream.
+#[derive(Debug, Clone, Copy)]
+struct Target<'a> {
+    stream: &'a str,
+    group: &'a str,
+}
+
+/// `dlq replay` and `dlq purge`: checks the group, honours `--dry-run` and asks before `--all`.
+async fn bulk(
+    bus: &Bus,
+    json: bool,
+    target: Target<'_>,
+    op: Bulk,
+    all: bool,
+    ids: &[String],
+    safety: &Safety,
+) -> Result<(), BoxError> {
+    check_group(bus, target.stream, target.group).await?;
+    let dlq = bus.dead_letters(target.stream, target.group)?;
+    let selected = selection(all, ids)?;
+    let would = match selected {
+        None => dlq.count().await?,
+        Some(ids) => ids.len() as u64,
+    };
+    let verb = op.verb();
+    if safety.dry_run {
+        report(
+            json,
+            serde_json::json!({"dry_run": true, "action": verb, "would_change": would, "group": target.group}),
+            format!("would {verb} {would} (dry run)"),
+        );
+        return Ok(());
+    }
+    if selected.is_none() && !confirm(verb, would, safety)? {
+        return Err(format!("not confirmed; nothing to {verb}").into());
+    }
+    let n = match (op, selected) {
+        (Bulk::Replay, None) => dlq.replay_all().await?,
+        (Bulk::Replay, Some(ids)) => dlq.replay(ids).await?,
+        (Bulk::Purge, None) => dlq.purge_all().await?,
+        (Bulk::Purge, Some(ids)) => dlq.purge(ids).await?,
+    };
+    let text = match op {
+        Bulk::Replay => format!("replayed {n} to group {}", target.group),
+        Bulk::Purge => format!("purged {n}"),
+    };
+    let key = match op {
+        Bulk::Replay => "replayed",
+        Bulk::Purge => "purged",
+    };
+    report(
+        json,
+        serde_json::json!({key: n, "group": target.group}),
+        text,
+    );
+    Ok(())
+}
 
 /// `--all` (→ `None`) or the given dead-letter ids; neither is an error.
 fn selection(all: bool, ids: &[String]) -> Result<Option<&[String]>, BoxError> {
@@ -132,11 +293,12 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 println!("{}", serde_json::json!(streams));
             } else {
                 for s in streams {
-                    println!("{s}");
+                    println!("{}", printable(&s));
                 }
             }
         }
         Command::Info { stream } => {
+            check_stream(&bus, &stream).await?;
             let info = bus.inspect(&stream).await?;
             if json {
                 let groups: Vec<_> = info
@@ -170,7 +332,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     let lag = g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string());
                     println!(
                         "  {:<24} {:>8} {:>8} {:>10} {:>12}",
-                        g.name, g.pending, lag, g.consumers, g.dead_letters
+                        printable(&g.name),
+                        g.pending,
+                        lag,
+                        g.consumers,
+                        g.dead_letters
                     );
                 }
             }
@@ -181,6 +347,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 group,
                 limit,
             } => {
+                check_group(&bus, &stream, &group).await?;
                 let list = bus.dead_letters(&stream, &group)?.list(limit).await?;
                 if json {
                     let rows: Vec<_> = list
@@ -196,13 +363,13 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     for d in list {
                         println!(
                             "{}  entry {}  event {}  {}  attempts {}  {}: {}",
-                            d.id,
-                            d.entry_id,
-                            d.event_id.as_deref().unwrap_or("-"),
-                            d.event_type.as_deref().unwrap_or("-"),
+                            printable(&d.id),
+                            printable(&d.entry_id),
+                            printable(d.event_id.as_deref().unwrap_or("-")),
+                            printable(d.event_type.as_deref().unwrap_or("-")),
                             d.attempts,
-                            d.reason,
-                            d.error
+                            printable(&d.reason),
+                            printable(&d.error)
                         );
                     }
                 }
@@ -212,29 +379,30 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 group,
                 all,
                 ids,
+                safety,
             } => {
-                let dlq = bus.dead_letters(&stream, &group)?;
-                let n = match selection(all, &ids)? {
-                    None => dlq.replay_all().await?,
-                    Some(ids) => dlq.replay(ids).await?,
+                let target = Target {
+                    stream: &stream,
+                    group: &group,
                 };
-                println!("replayed {n} to group {group}");
+                bulk(&bus, json, target, Bulk::Replay, all, &ids, &safety).await?;
             }
             Dlq::Purge {
                 stream,
                 group,
                 all,
                 ids,
+                safety,
             } => {
-                let dlq = bus.dead_letters(&stream, &group)?;
-                let n = match selection(all, &ids)? {
-                    None => dlq.purge_all().await?,
-                    Some(ids) => dlq.purge(ids).await?,
+                let target = Target {
+                    stream: &stream,
+                    group: &group,
                 };
-                println!("purged {n}");
+                bulk(&bus, json, target, Bulk::Purge, all, &ids, &safety).await?;
             }
         },
         Command::Status { stream, event_id } => {
+            check_stream(&bus, &stream).await?;
             let status = bus.event_status(&stream, &event_id).await?;
             let mut groups: Vec<_> = status.into_iter().collect();
             groups.sort_by(|a, b| a.0.cmp(&b.0));
@@ -254,11 +422,12 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             } else {
                 for (g, s) in groups {
                     println!(
-                        "{g}: {:?} after {} attempt(s){}",
+                        "{}: {:?} after {} attempt(s){}",
+                        printable(&g),
                         s.state,
                         s.attempts,
                         s.error
-                            .map(|e| format!(", last error: {e}"))
+                            .map(|e| format!(", last error: {}", printable(&e)))
                             .unwrap_or_default()
                     );
                 }
@@ -269,6 +438,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             min_age_secs,
             min_count,
         } => {
+            check_stream(&bus, &stream).await?;
             let removed = bus
                 .trim(
                     &stream,
@@ -278,7 +448,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     },
                 )
                 .await?;
-            println!("removed {removed} entries");
+            report(
+                json,
+                serde_json::json!({"stream": stream, "removed": removed}),
+                format!("removed {removed} entries"),
+            );
         }
     }
     bus.close().await;

@@ -80,7 +80,10 @@ async fn operators_inspect_and_repair_dead_letters() {
 
     let (ok, out) = cli(&env, &["dlq", "purge", "orders", "billing", &first]);
     assert!(ok && out.contains("purged 1"), "{out}");
-    let (ok, out) = cli(&env, &["dlq", "replay", "orders", "billing", "--all"]);
+    let (ok, out) = cli(
+        &env,
+        &["dlq", "replay", "orders", "billing", "--all", "--yes"],
+    );
     assert!(ok && out.contains("replayed 2"), "{out}");
     assert_eq!(dlq.count().await.expect("count"), 0);
     let (ok, out) = cli(&env, &["trim", "orders"]);
@@ -123,4 +126,103 @@ fn the_redis_password_is_never_printed() {
         !text.contains(secret),
         "an error printed the password: {text}"
     );
+}
+
+/// Dead letters whose error carries a terminal escape sequence, in a fresh environment.
+async fn dead_letters_with(env: &TestEnv, n: u64, error: &'static str) {
+    let w = env
+        .bus
+        .worker()
+        .subscribe(bus_core::subscriber_fn(
+            SubscriberOptions::new("billing"),
+            move |_o: Order, _| async move { Err::<(), _>(HandlerError::reject(error)) },
+        ))
+        .start()
+        .await
+        .expect("start");
+    for i in 0..n {
+        env.bus.publish(&Order { n: i }).await.expect("publish");
+    }
+    let dlq = env.bus.dead_letters("orders", "billing").expect("dlq");
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the dead letters",
+        || async { dlq.count().await.expect("count") == n },
+    )
+    .await;
+    w.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_operator_commands_ask_first_and_typos_are_errors() {
+    let env = TestEnv::new("clisafe").await;
+    dead_letters_with(&env, 4, "evil \x1b[2J\x1b[31mred").await;
+    let dlq = env.bus.dead_letters("orders", "billing").expect("dlq");
+
+    // Nobody to ask (stdin is not a terminal): refused, nothing changes.
+    let (ok, out) = cli(&env, &["dlq", "purge", "orders", "billing", "--all"]);
+    assert!(!ok && out.contains("--yes"), "{out}");
+    assert_eq!(dlq.count().await.expect("count"), 4);
+    // A dry run says what would change and changes nothing.
+    let (ok, out) = cli(
+        &env,
+        &[
+            "--json",
+            "dlq",
+            "purge",
+            "orders",
+            "billing",
+            "--all",
+            "--dry-run",
+        ],
+    );
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["would_change"], 4);
+    assert_eq!(dlq.count().await.expect("count"), 4);
+    // Typos in the group, the stream or the prefix are errors.
+    let (ok, out) = cli(
+        &env,
+        &["dlq", "purge", "orders", "biling", "--all", "--yes"],
+    );
+    assert!(!ok && out.contains("no group"), "{out}");
+    let (ok, out) = cli(&env, &["info", "order"]);
+    assert!(!ok && out.contains("no stream"), "{out}");
+    let out = Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args([
+            "--url",
+            &env.url,
+            "--prefix",
+            "no-such-prefix",
+            "dlq",
+            "list",
+            "orders",
+            "billing",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    // Wire strings cannot drive the terminal.
+    let (ok, out) = cli(&env, &["dlq", "list", "orders", "billing"]);
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains('\x1b'),
+        "raw escape sequence printed: {out:?}"
+    );
+    assert!(out.contains("\\u{1b}[31mred"), "{out}");
+    // With --yes, the exact count.
+    let (ok, out) = cli(
+        &env,
+        &[
+            "--json", "dlq", "purge", "orders", "billing", "--all", "--yes",
+        ],
+    );
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["purged"], 4);
+    assert_eq!(dlq.count().await.expect("count"), 0);
+    let (ok, out) = cli(&env, &["--json", "trim", "orders"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert!(v["removed"].is_u64(), "{v}");
 }

@@ -219,10 +219,13 @@ impl DeadLetters {
         Ok(n)
     }
 
-    /// Deletes every dead letter of this group. Returns how many there were.
+    /// Deletes every dead letter of this group. Returns exactly how many were deleted (the count
+    /// and the delete run in one transaction; `UNLINK` frees the memory off Redis's main thread).
     pub async fn purge_all(&self) -> Result<u64> {
-        let n = self.count().await?;
-        let _: u64 = self.bus.inner.client.del(self.key.as_str()).await?;
+        let tx = self.bus.inner.client.multi();
+        let () = tx.xlen(self.key.as_str()).await?;
+        let () = tx.unlink(self.key.as_str()).await?;
+        let (n, _): (u64, u64) = tx.exec(true).await?;
         Ok(n)
     }
 }
