@@ -18,6 +18,10 @@ use crate::worker::Worker;
 
 /// Default payload limit: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+/// Default most headers per event.
+pub const DEFAULT_MAX_HEADERS: usize = 64;
+/// Default most header bytes (names and values) per event: 16 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// The oldest Redis version Streambus runs on.
 pub(crate) const MIN_REDIS_VERSION: (u32, u32) = (6, 2);
 
@@ -50,6 +54,8 @@ pub(crate) struct BusInner {
     pub(crate) prefix: String,
     pub(crate) codec: Codec,
     pub(crate) max_payload: usize,
+    /// Most headers and header bytes (names and values) per event.
+    pub(crate) header_limits: (usize, usize),
     pub(crate) url: String,
     /// How long a command may take before the client gives up on it; blocking reads get this much
     /// on top of their block time, so a read never times out on the client while Redis still
@@ -175,6 +181,7 @@ pub struct BusBuilder {
     prefix: String,
     codec: Codec,
     max_payload: usize,
+    header_limits: (usize, usize),
     connect_timeout: Duration,
     command_timeout: Duration,
     #[cfg(feature = "tls")]
@@ -187,6 +194,7 @@ impl Default for BusBuilder {
             prefix: "bus".into(),
             codec: Codec::default(),
             max_payload: DEFAULT_MAX_PAYLOAD,
+            header_limits: (DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES),
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(10),
             #[cfg(feature = "tls")]
@@ -220,6 +228,15 @@ impl BusBuilder {
     #[must_use]
     pub fn max_payload_bytes(mut self, limit: usize) -> Self {
         self.max_payload = limit;
+        self
+    }
+
+    /// Most headers per event and most header bytes (names and values together), checked at
+    /// publish (defaults [`DEFAULT_MAX_HEADERS`], [`DEFAULT_MAX_HEADER_BYTES`]): an event over
+    /// either is refused with [`Error::HeadersTooLarge`] and nothing is written.
+    #[must_use]
+    pub fn header_limits(mut self, max_count: usize, max_bytes: usize) -> Self {
+        self.header_limits = (max_count, max_bytes);
         self
     }
 
@@ -292,6 +309,7 @@ impl BusBuilder {
                 prefix: self.prefix,
                 codec: self.codec,
                 max_payload: self.max_payload,
+                header_limits: self.header_limits,
                 url: redacted,
                 command_timeout: self.command_timeout,
                 waiters: tokio::sync::OnceCell::new(),
@@ -569,6 +587,16 @@ impl Bus {
         }
         let event_id = uuid::Uuid::now_v7().to_string();
         let headers = traced_headers(&opts.headers);
+        let (max_count, max_bytes) = self.inner.header_limits;
+        let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if headers.len() > max_count || bytes > max_bytes {
+            return Err(Error::HeadersTooLarge {
+                count: headers.len(),
+                bytes,
+                max_count,
+                max_bytes,
+            });
+        }
         let fields = envelope::encode(
             &event_id,
             E::NAME,

@@ -4,6 +4,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Deepest nesting a MessagePack payload may have.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
 /// How event payloads are serialized. The codec is recorded in every entry (field `ct`), so a
 /// subscriber decodes entries written with either codec whatever its own setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,12 +48,17 @@ impl Codec {
         }
     }
 
-    /// Deserializes a value.
+    /// Deserializes a value (MessagePack nesting deeper than [`MAX_PAYLOAD_DEPTH`] is an error).
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T> {
         match self {
             Codec::MessagePack => {
-                rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))
+                // An explicit nesting limit: a crafted payload of deeply nested arrays must be a
+                // decode error, not a stack overflow in the worker.
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                de.set_max_depth(MAX_PAYLOAD_DEPTH);
+                T::deserialize(&mut de).map_err(|e| Error::Decode(e.to_string()))
             }
+            // serde_json stops at 128 levels by itself.
             Codec::Json => serde_json::from_slice(bytes).map_err(|e| Error::Decode(e.to_string())),
         }
     }
@@ -59,6 +67,18 @@ impl Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nesting_bomb_is_a_decode_error() {
+        // 100 nested one-element arrays around a nil.
+        let mut bomb = vec![0x91u8; 100];
+        bomb.push(0xc0);
+        let r = Codec::MessagePack.decode::<serde_json::Value>(&bomb);
+        assert!(matches!(r, Err(Error::Decode(_))), "{r:?}");
+        let mut ok = vec![0x91u8; 10];
+        ok.push(0xc0);
+        assert!(Codec::MessagePack.decode::<serde_json::Value>(&ok).is_ok());
+    }
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct Order {

@@ -67,6 +67,18 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// An event's headers are over the bus's limits (nothing was written).
+    #[error("{count} headers of {bytes} bytes exceed the limits of {max_count} headers and {max_bytes} bytes")]
+    HeadersTooLarge {
+        /// Headers on the event (including trace headers the bus adds).
+        count: usize,
+        /// Their names and values, in bytes.
+        bytes: usize,
+        /// The configured most headers.
+        max_count: usize,
+        /// The configured most header bytes.
+        max_bytes: usize,
+    },
     /// The event could not be serialized.
     #[error("cannot encode event: {0}")]
     Encode(String),

@@ -109,9 +109,10 @@ mod trim;
 mod worker;
 
 pub use bus::{
-    redact_url, Bus, BusBuilder, PublishOptions, Published, DEFAULT_MAX_PAYLOAD, MAX_DEDUP_WINDOW,
+    redact_url, Bus, BusBuilder, PublishOptions, Published, DEFAULT_MAX_HEADERS,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_PAYLOAD, MAX_DEDUP_WINDOW,
 };
-pub use codec::Codec;
+pub use codec::{Codec, MAX_PAYLOAD_DEPTH};
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use delayed::Scheduled;
 pub use error::{Action, BoxError, Error, HandlerError, RedisError, Result};

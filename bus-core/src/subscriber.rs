@@ -84,6 +84,7 @@ pub struct SubscriberOptions {
     handler_timeout: Option<Duration>,
     unknown_types: UnknownTypes,
     max_held: Option<usize>,
+    max_entry_bytes: usize,
 }
 
 impl SubscriberOptions {
@@ -106,6 +107,7 @@ impl SubscriberOptions {
             handler_timeout: None,
             unknown_types: UnknownTypes::Skip,
             max_held: None,
+            max_entry_bytes: 2 * 1024 * 1024,
         }
     }
 
@@ -258,6 +260,21 @@ impl SubscriberOptions {
     pub fn max_held(mut self, n: usize) -> Self {
         self.max_held = Some(n);
         self
+    }
+
+    /// Largest entry (all field names and values) this group decodes (default 2 MiB: the default
+    /// payload limit plus headers and envelope, with room to spare). A larger entry — written by
+    /// another producer, or by a bus with a higher payload limit — goes to the dead-letter stream
+    /// with reason `too_large` without being decoded.
+    #[must_use]
+    pub fn max_entry_bytes(mut self, limit: usize) -> Self {
+        self.max_entry_bytes = limit;
+        self
+    }
+
+    /// The entry size limit.
+    pub fn get_max_entry_bytes(&self) -> usize {
+        self.max_entry_bytes
     }
 
     /// The bound on held entries.

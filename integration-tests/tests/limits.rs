@@ -1,5 +1,5 @@
-//! Limits and hostile input on the publish side: de-dup windows Redis would refuse, delayed events
-//! the mover cannot turn into entries.
+//! Limits and hostile input: de-dup windows Redis would refuse, delayed events the mover cannot
+//! turn into entries, header limits at publish, oversized entries and long errors on consume.
 
 use std::time::{Duration, SystemTime};
 
@@ -126,7 +126,8 @@ async fn a_delayed_event_the_mover_cannot_move_is_set_aside_and_the_rest_keep_mo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_event_with_more_fields_than_the_mover_can_move_is_refused_at_schedule_time() {
-    let env = TestEnv::new("moverfields").await;
+    // Header limits raised far beyond the defaults, so only the mover's own limit applies.
+    let env = TestEnv::with_builder("moverfields", |b| b.header_limits(100_000, 1 << 24)).await;
     let mut opts = PublishOptions::new();
     for i in 0..4100 {
         opts = opts.header(format!("h{i}"), "x");
@@ -139,4 +140,81 @@ async fn a_delayed_event_with_more_fields_than_the_mover_can_move_is_refused_at_
         .await;
     assert!(matches!(r, Err(Error::Config(_))), "{r:?}");
     assert_eq!(env.bus.delayed_count("limits").await.expect("count"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_over_the_limits_are_refused_and_nothing_is_written() {
+    let env = TestEnv::new("headers").await;
+    let key = env.bus.stream_key("limits").expect("key");
+    let mut many = PublishOptions::new();
+    for i in 0..=bus_core::DEFAULT_MAX_HEADERS {
+        many = many.header(format!("h{i}"), "x");
+    }
+    let big = PublishOptions::new().header("h", "x".repeat(bus_core::DEFAULT_MAX_HEADER_BYTES));
+    for opts in [many, big] {
+        let r = env.bus.publish_with(&Job { n: 1 }, opts).await;
+        assert!(matches!(r, Err(Error::HeadersTooLarge { .. })), "{r:?}");
+    }
+    assert_eq!(xlen(&env, &key).await, 0);
+    let ok = PublishOptions::new().header("tenant", "acme");
+    env.bus
+        .publish_with(&Job { n: 1 }, ok)
+        .await
+        .expect("within the limits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_entry_is_dead_lettered_undecoded_and_long_errors_are_cut() {
+    let env = TestEnv::new("toolarge").await;
+    let key = env.bus.stream_key("limits").expect("key");
+    // Another producer writes a 3 MiB entry; the bus then publishes a normal one and one whose
+    // handler fails with a 20 KiB error.
+    let _: String = env
+        .bus
+        .redis()
+        .xadd(
+            key.as_str(),
+            false,
+            None,
+            "*",
+            vec![
+                ("v", Value::from("1")),
+                ("p", Value::Bytes(vec![b'x'; 3 << 20].into())),
+            ],
+        )
+        .await
+        .expect("XADD");
+    env.bus.publish(&Job { n: 1 }).await.expect("publish");
+    env.bus.publish(&Job { n: 2 }).await.expect("publish");
+    let rec = Recorder::new();
+    let rc = rec.clone();
+    let w = integration_tests::support::start_worker(
+        &env.bus,
+        bus_core::subscriber_fn(SubscriberOptions::new("g"), move |j: Job, _| {
+            let rc = rc.clone();
+            async move {
+                rc.record(j.n.to_string());
+                if j.n == 2 {
+                    return Err(bus_core::HandlerError::reject("e".repeat(20 * 1024)));
+                }
+                Ok(())
+            }
+        }),
+    )
+    .await;
+    let dlq = env.bus.dead_letters("limits", "g").expect("dlq");
+    integration_tests::eventually(Duration::from_secs(10), "two dead letters", || async {
+        dlq.count().await.expect("count") == 2 && rec.snapshot().contains_key("1")
+    })
+    .await;
+    let dead = dlq.list(10).await.expect("list");
+    assert_eq!(dead[0].reason, "too_large", "{:?}", dead[0].error);
+    assert!(dead[0].error.contains("bytes"), "{}", dead[0].error);
+    assert_eq!(dead[1].reason, "rejected");
+    assert!(
+        dead[1].error.len() < 4200 && dead[1].error.ends_with("[truncated]"),
+        "error of {} bytes",
+        dead[1].error.len()
+    );
+    w.shutdown().await.expect("shutdown");
 }

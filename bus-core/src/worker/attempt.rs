@@ -15,7 +15,7 @@ use super::fenced::Fenced;
 use super::gate::Turn;
 use super::group::Group;
 use super::handlers::Dispatched;
-use super::outcome::{Outcome, Reason, SkipReason};
+use super::outcome::{bounded_error, Outcome, Reason, SkipReason};
 use super::state::{Lane, Phase, Token};
 use super::take;
 use crate::envelope;
@@ -111,6 +111,17 @@ async fn attempt_outcome(
     if envelope::addressed_to(&fields).is_some_and(|to| to != g.group().as_bytes()) {
         return (Outcome::Skip(SkipReason::OtherGroup), meta);
     }
+    let size: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let limit = g.opts().get_max_entry_bytes();
+    if size > limit {
+        return (
+            Outcome::DeadLetter {
+                reason: Reason::TooLarge,
+                error: format!("entry of {size} bytes is over this group's limit of {limit} bytes"),
+            },
+            meta,
+        );
+    }
     let mut env = match envelope::decode(&fields) {
         Ok(env) => env,
         Err(e) => {
@@ -203,12 +214,12 @@ async fn attempt_outcome(
         }
         Some(Ok(Dispatched::Undecodable(error))) => Outcome::DeadLetter {
             reason: Reason::Decode,
-            error,
+            error: bounded_error(error),
         },
         Some(Ok(Dispatched::Done(Err(e)))) => match e.action() {
             Action::Reject => Outcome::DeadLetter {
                 reason: Reason::Rejected,
-                error: e.to_string(),
+                error: bounded_error(e.to_string()),
             },
             action => {
                 g.metrics.failed.increment(1);

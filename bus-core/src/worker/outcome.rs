@@ -16,6 +16,8 @@ pub(crate) enum Reason {
     UnknownType,
     /// The last allowed attempt ran longer than the handler timeout.
     Timeout,
+    /// The entry is larger than the subscriber's `max_entry_bytes`; it was not decoded.
+    TooLarge,
 }
 
 impl Reason {
@@ -26,8 +28,26 @@ impl Reason {
             Reason::MaxAttempts => "max_attempts",
             Reason::UnknownType => "unknown_type",
             Reason::Timeout => "timeout",
+            Reason::TooLarge => "too_large",
         }
     }
+}
+
+/// Longest error text kept (dead letters, retry records, status): handler errors can be
+/// arbitrarily long, and they are copied into Redis on every failure.
+pub(crate) const MAX_ERROR_BYTES: usize = 4096;
+
+/// `error`, cut to [`MAX_ERROR_BYTES`] on a character boundary, marked when cut.
+pub(crate) fn bounded_error(mut error: String) -> String {
+    if error.len() > MAX_ERROR_BYTES {
+        let mut end = MAX_ERROR_BYTES;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
+        error.push_str("… [truncated]");
+    }
+    error
 }
 
 /// Why an entry was acknowledged without running.
@@ -67,6 +87,7 @@ impl Outcome {
         attempt: u32,
         max_attempts: u32,
     ) -> Outcome {
+        let error = bounded_error(error);
         if attempt >= max_attempts {
             let reason = if timed_out {
                 Reason::Timeout
@@ -87,6 +108,14 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary() {
+        let e = bounded_error("é".repeat(5000));
+        assert!(e.len() <= MAX_ERROR_BYTES + "… [truncated]".len());
+        assert!(e.ends_with("[truncated]"));
+        assert_eq!(bounded_error("short".into()), "short");
+    }
 
     #[test]
     fn the_last_failed_attempt_is_a_dead_letter_with_its_cause() {
