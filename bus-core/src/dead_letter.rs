@@ -241,3 +241,45 @@ impl Bus {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::bytes::Bytes;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"dl.attempts".to_vec()),
+            Just(b"dl.failed_at".to_vec()),
+            Just(b"dl.error".to_vec()),
+            Just(b"id".to_vec()),
+            Just(b"type".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Any entry in a dead-letter stream (written by anyone) reads as a dead letter: no panic,
+        /// numbers that do not parse become 0, invalid UTF-8 is replaced.
+        #[test]
+        fn any_entry_reads_as_a_dead_letter(
+            fields in proptest::collection::vec(
+                (name(), proptest::collection::vec(any::<u8>(), 0..64)),
+                0..16,
+            ),
+            deleted in any::<bool>(),
+        ) {
+            let raw = RawEntry {
+                id: "1-0".into(),
+                fields: (!deleted).then(|| {
+                    fields.into_iter().map(|(k, v)| (Bytes::from(k), Bytes::from(v))).collect()
+                }),
+            };
+            let d = DeadLetter::from_entry(raw);
+            prop_assert_eq!(d.id, "1-0");
+        }
+    }
+}

@@ -191,6 +191,82 @@ mod tests {
         assert_eq!(env.headers, h);
     }
 
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Field names the decoder knows, plus anything else.
+        fn name() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                Just(b"v".to_vec()),
+                Just(b"id".to_vec()),
+                Just(b"type".to_vec()),
+                Just(b"ts".to_vec()),
+                Just(b"ct".to_vec()),
+                Just(b"p".to_vec()),
+                Just(b"to".to_vec()),
+                Just(b"h:x".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..12),
+            ]
+        }
+
+        /// Values: the expected ones, invalid UTF-8, numbers out of range, large blobs.
+        fn value() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                Just(b"1".to_vec()),
+                Just(b"msgpack".to_vec()),
+                Just(b"json".to_vec()),
+                Just(b"99999999999999999999999".to_vec()),
+                Just(vec![0xff, 0xfe, 0xfd]),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                proptest::collection::vec(any::<u8>(), 0..8_000),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// Never a panic: an envelope or a typed decode error, and a decodable envelope's
+            /// payload never panics the codecs either.
+            #[test]
+            fn any_field_map_decodes_or_is_a_typed_error(
+                fields in proptest::collection::vec((name(), value()), 0..16)
+            ) {
+                let fields: Vec<(Bytes, Bytes)> = fields
+                    .into_iter()
+                    .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
+                    .collect();
+                let _ = addressed_to(&fields);
+                match decode(&fields) {
+                    Ok(env) => {
+                        let r = env.codec.decode::<serde_json::Value>(&env.payload);
+                        prop_assert!(r.is_ok() || matches!(r, Err(Error::Decode(_))));
+                    }
+                    Err(e) => prop_assert!(matches!(e, Error::Decode(_)), "{e:?}"),
+                }
+            }
+
+            /// Payloads of any bytes, and deeply nested ones, never panic either codec.
+            #[test]
+            fn any_payload_is_a_value_or_a_decode_error(
+                payload in proptest::collection::vec(any::<u8>(), 0..512),
+                depth in 0usize..5000,
+            ) {
+                for codec in [Codec::MessagePack, Codec::Json] {
+                    let r = codec.decode::<serde_json::Value>(&payload);
+                    prop_assert!(r.is_ok() || matches!(r, Err(Error::Decode(_))));
+                }
+                let mut nested = vec![0x91u8; depth];
+                nested.push(0xc0);
+                let r = Codec::MessagePack.decode::<serde_json::Value>(&nested);
+                prop_assert!(r.is_ok() || matches!(r, Err(Error::Decode(_))));
+                let json = "[".repeat(depth) + &"]".repeat(depth);
+                let r = Codec::Json.decode::<serde_json::Value>(json.as_bytes());
+                prop_assert!(r.is_ok() || matches!(r, Err(Error::Decode(_))));
+            }
+        }
+    }
+
     #[test]
     fn foreign_entries_are_decode_errors() {
         let cases: Vec<Vec<(Bytes, Bytes)>> = vec![

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use bus_core::{Error, Event, PublishOptions, SubscriberOptions};
 use fred::prelude::*;
 use fred::types::Value;
-use integration_tests::support::recording;
+use integration_tests::support::{recording, Rng};
 use integration_tests::{Recorder, TestEnv};
 use serde::{Deserialize, Serialize};
 
@@ -216,5 +216,126 @@ async fn an_oversized_entry_is_dead_lettered_undecoded_and_long_errors_are_cut()
         "error of {} bytes",
         dead[1].error.len()
     );
+    w.shutdown().await.expect("shutdown");
+}
+
+/// Field names and values of a raw entry.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One hostile entry and the dead-letter reason it must get.
+fn hostile(rng: &mut Rng, n: u64) -> (Fields, &'static str) {
+    let good_payload = rmp_serde_payload(n);
+    let envelope = |v: &[u8], ty: &[u8], p: Vec<u8>| {
+        vec![
+            (b"v".to_vec(), v.to_vec()),
+            (b"id".to_vec(), format!("bad-{n}").into_bytes()),
+            (b"type".to_vec(), ty.to_vec()),
+            (b"ts".to_vec(), b"1".to_vec()),
+            (b"ct".to_vec(), b"msgpack".to_vec()),
+            (b"p".to_vec(), p),
+        ]
+    };
+    match rng.next_u64() % 7 {
+        // Random fields, no envelope at all.
+        0 => {
+            let k = 1 + rng.next_u64() as usize % 8;
+            let fields = (0..k)
+                .map(|i| {
+                    let len = rng.next_u64() as usize % 40;
+                    let value = (0..len).map(|_| rng.next_u64() as u8).collect();
+                    (format!("f{i}").into_bytes(), value)
+                })
+                .collect();
+            (fields, "decode")
+        }
+        1 => (envelope(b"99", b"Job", good_payload), "decode"),
+        2 => {
+            let len = 1 + rng.next_u64() as usize % 200;
+            let garbage = (0..len).map(|_| rng.next_u64() as u8).collect();
+            (envelope(b"1", b"Job", garbage), "decode")
+        }
+        3 => {
+            let mut bomb = vec![0x91u8; 200 + rng.next_u64() as usize % 5000];
+            bomb.push(0xc0);
+            (envelope(b"1", b"Job", bomb), "decode")
+        }
+        4 => (envelope(b"1", &[0xff, 0xfe], good_payload), "decode"),
+        5 => (envelope(b"1", b"Job", vec![b'x'; 3 << 20]), "too_large"),
+        _ => (envelope(b"1", b"NoSuchType", good_payload), "unknown_type"),
+    }
+}
+
+fn rmp_serde_payload(n: u64) -> Vec<u8> {
+    bus_core::Codec::MessagePack
+        .encode(&Job { n })
+        .expect("encode")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_fed_hostile_entries_among_good_ones_handles_every_good_one_and_dead_letters_the_rest(
+) {
+    let env = TestEnv::new("hostile").await;
+    let key = env.bus.stream_key("limits").expect("key");
+    let mut rng = Rng(0x5eed_cafe);
+    let mut expected: std::collections::HashMap<&'static str, u64> = Default::default();
+    let good = 150u64;
+    for n in 0..good {
+        env.bus.publish(&Job { n }).await.expect("publish");
+        let (fields, reason) = hostile(&mut rng, n);
+        *expected.entry(reason).or_default() += 1;
+        let fields: Vec<(fred::types::Key, Value)> = fields
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    fred::types::Key::from(fred::bytes::Bytes::from(k)),
+                    Value::Bytes(v.into()),
+                )
+            })
+            .collect();
+        let _: String = env
+            .bus
+            .redis()
+            .xadd(key.as_str(), false, None, "*", fields)
+            .await
+            .expect("XADD");
+    }
+    let rec = Recorder::new();
+    let w = integration_tests::support::start_worker(
+        &env.bus,
+        recording(
+            SubscriberOptions::new("g").unknown_types(bus_core::UnknownTypes::DeadLetter),
+            &rec,
+            |j: &Job, _| j.n.to_string(),
+        ),
+    )
+    .await;
+    let dlq = env.bus.dead_letters("limits", "g").expect("dlq");
+    integration_tests::eventually(
+        Duration::from_secs(30),
+        "good handled, bad dead-lettered",
+        || async {
+            rec.snapshot().len() as u64 == good && dlq.count().await.expect("count") == good
+        },
+    )
+    .await;
+    let mut got: std::collections::HashMap<String, u64> = Default::default();
+    for d in dlq.list(10_000).await.expect("list") {
+        *got.entry(d.reason).or_default() += 1;
+    }
+    let expected: std::collections::HashMap<String, u64> = expected
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(
+        integration_tests::pending_count(&env.bus, "limits", "g").await,
+        Some(0)
+    );
+    // Still alive: a new event after all that is handled.
+    env.bus.publish(&Job { n: 10_000 }).await.expect("publish");
+    rec.wait_for(Duration::from_secs(10), "the worker is alive", |m| {
+        m.contains_key("10000")
+    })
+    .await;
     w.shutdown().await.expect("shutdown");
 }

@@ -30,6 +30,7 @@ use integration_tests::procs::{
     done_counts_in, read_ledgers, LedgerLine, Task, TempDir, WorkerArgs, WorkerProc,
 };
 use integration_tests::proxy::FaultProxy;
+use integration_tests::support::Rng;
 use integration_tests::RedisServer;
 use serde::{Deserialize, Serialize};
 
@@ -43,22 +44,6 @@ fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
         }
     }
     default
-}
-
-/// A small deterministic PRNG (xorshift64*), so a run can be repeated with `--seed`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 /// An event type no worker handles, published on the same stream.
@@ -195,7 +180,7 @@ async fn main() {
     let producer = {
         let bus = bus.clone();
         let poison = poison.clone();
-        let mut rng = Rng(rng.next() | 1);
+        let mut rng = Rng(rng.next_u64() | 1);
         let every = duration.mul_f64(0.8) / (events.max(1) as u32);
         // A downstream outage: every event published in this window fails its first two attempts.
         let outage = (events * 4 / 10)..(events / 2);
