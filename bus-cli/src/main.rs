@@ -10,6 +10,8 @@
 //!                                             send back to that group only (attempts reset)
 //!   dlq purge <stream> <group> (--all | ID…) [--yes] [--dry-run]
 //!                                             delete dead letters
+//!   group drop <stream> <group> [--yes] [--dry-run]
+//!                                             remove a group with its dead letters and records
 //!   status <stream> <event-id>                per-group status of an event (groups that track status)
 //!   trim <stream> [--min-age-secs S] [--min-count N]   safe trim now
 //! ```
@@ -56,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         action: Dlq,
     },
+    /// Consumer groups.
+    Group {
+        #[command(subcommand)]
+        action: GroupCmd,
+    },
     /// Per-group status of an event (for groups that track status).
     Status { stream: String, event_id: String },
     /// Trim a stream now: only entries every group has delivered and acknowledged.
@@ -67,6 +74,18 @@ enum Command {
         /// Keep at least this many newest entries.
         #[arg(long, default_value_t = 0)]
         min_count: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCmd {
+    /// Remove a group for good (its pending entries, dead letters and attempt records too), so it
+    /// no longer pins the stream. Asks first unless --yes.
+    Drop {
+        stream: String,
+        group: String,
+        #[command(flatten)]
+        safety: Safety,
     },
 }
 
@@ -173,14 +192,22 @@ async fn check_group(bus: &Bus, stream: &str, group: &str) -> Result<(), BoxErro
 
 /// Asks before changing `n` dead letters, unless `--yes`; refuses when nobody can answer.
 fn confirm(what: &str, n: u64, safety: &Safety) -> Result<bool, BoxError> {
+    if n == 0 {
+        return Ok(true);
+    }
+    confirm_one(&format!("{what} {n} dead letters"), safety)
+}
+
+/// Asks before `what`, unless `--yes`; refuses when nobody can answer.
+fn confirm_one(what: &str, safety: &Safety) -> Result<bool, BoxError> {
     use std::io::{BufRead, IsTerminal, Write};
-    if safety.yes || n == 0 {
+    if safety.yes {
         return Ok(true);
     }
     if !std::io::stdin().is_terminal() {
-        return Err(format!("{what} {n} dead letters: add --yes to confirm (or --dry-run)").into());
+        return Err(format!("{what}: add --yes to confirm (or --dry-run)").into());
     }
-    eprint!("{what} {n} dead letters? [y/N] ");
+    eprint!("{what}? [y/N] ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
@@ -401,6 +428,32 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 bulk(&bus, json, target, Bulk::Purge, all, &ids, &safety).await?;
             }
         },
+        Command::Group {
+            action:
+                GroupCmd::Drop {
+                    stream,
+                    group,
+                    safety,
+                },
+        } => {
+            check_group(&bus, &stream, &group).await?;
+            if safety.dry_run {
+                report(
+                    json,
+                    serde_json::json!({"dry_run": true, "would_drop": group}),
+                    format!("would drop group {group} of stream {stream} (dry run)"),
+                );
+            } else if confirm_one(&format!("drop group {group} of stream {stream}"), &safety)? {
+                let existed = bus.drop_group(&stream, &group).await?;
+                report(
+                    json,
+                    serde_json::json!({"dropped": existed, "group": group}),
+                    format!("dropped group {group}"),
+                );
+            } else {
+                return Err("not confirmed; nothing dropped".into());
+            }
+        }
         Command::Status { stream, event_id } => {
             check_stream(&bus, &stream).await?;
             let status = bus.event_status(&stream, &event_id).await?;

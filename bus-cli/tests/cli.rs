@@ -225,4 +225,16 @@ async fn bulk_operator_commands_ask_first_and_typos_are_errors() {
     assert!(ok, "{out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert!(v["removed"].is_u64(), "{v}");
+    // A group nobody reads any more can be dropped, with its side keys.
+    let (ok, out) = cli(&env, &["group", "drop", "orders", "billing"]);
+    assert!(!ok && out.contains("--yes"), "{out}");
+    let (ok, out) = cli(&env, &["group", "drop", "orders", "billing", "--yes"]);
+    assert!(ok && out.contains("dropped"), "{out}");
+    let info = env.bus.inspect("orders").await.expect("inspect");
+    assert!(info.groups.is_empty(), "{info:?}");
+    assert!(env
+        .keys()
+        .await
+        .iter()
+        .all(|k| !k.contains(":dlq:billing") && !k.contains(":retry:billing")));
 }

@@ -118,4 +118,35 @@ impl Bus {
             groups,
         })
     }
+
+    /// Removes a consumer group from a stream for good: the group on every lane (its pending
+    /// entries are forgotten), its dead letters and its attempt records. A group that no service
+    /// reads any more otherwise pins its stream forever (trimming keeps what it has not read).
+    /// Returns whether the group existed. Workers of that group still running would re-create it.
+    pub async fn drop_group(&self, stream: &str, group: &str) -> Result<bool> {
+        validate_name("stream", stream)?;
+        validate_name("group", group)?;
+        let keys = self.keys(stream);
+        let c = &self.inner.client;
+        let mut existed = false;
+        for p in Priority::ALL {
+            let key = keys.lane(p);
+            let destroyed: std::result::Result<bool, _> =
+                c.xgroup_destroy(key.as_str(), group).await;
+            match destroyed {
+                Ok(d) => existed |= d,
+                Err(e) if e.details().contains("requires the key to exist") => {}
+                Err(e) => return Err(e.into()),
+            }
+            let _: u64 = c.unlink(keys.lane_retries(p, group)).await?;
+        }
+        let dlq = keys.dead_letter(group);
+        // Markers of recently settled entries expire by themselves; removed here all the same.
+        let markers = crate::redis::scan_keys(c, &format!("{dlq}:moved:*")).await?;
+        for chunk in markers.chunks(500) {
+            let _: u64 = c.unlink(chunk.to_vec()).await?;
+        }
+        let _: u64 = c.unlink(dlq).await?;
+        Ok(existed)
+    }
 }

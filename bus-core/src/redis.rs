@@ -233,7 +233,7 @@ local function make_record(kind, charged, token, due, err)
   return '2|' .. kind .. '|' .. string.format('%d', charged) .. '|' .. token .. '|' ..
     string.format('%d', due) .. '|' .. err
 end
-local function dead_letter(stream, dlq, records, marker, group, id, me, reason, err, attempts)
+local function dead_letter(stream, dlq, records, marker, group, id, me, reason, err, attempts, cap)
   local e = redis.call('XRANGE', stream, id, id)
   redis.call('XACK', stream, group, id)
   redis.call('HDEL', records, id)
@@ -241,10 +241,16 @@ local function dead_letter(stream, dlq, records, marker, group, id, me, reason, 
     redis.call('SET', marker, 'd|' .. me .. '|0|', 'EX', 600)
     return false
   end
-  local args = {'XADD', dlq, '*',
+  local args = {'XADD', dlq}
+  if cap and tonumber(cap) > 0 then
+    args[#args + 1] = 'MAXLEN'; args[#args + 1] = cap
+  end
+  args[#args + 1] = '*'
+  local meta = {
     'dl.group', group, 'dl.entry_id', id, 'dl.attempts', tostring(attempts),
     'dl.reason', reason, 'dl.error', err, 'dl.failed_at', string.format('%d', now_ms()),
     'dl.consumer', me}
+  for _, v in ipairs(meta) do args[#args + 1] = v end
   local event_id = ''
   local f = e[1][2]
   for i = 1, #f - 1, 2 do
@@ -269,7 +275,8 @@ end
 /// Dead-letters an entry this consumer owns, fenced by owner and delivery count.
 ///
 /// KEYS: stream, dead-letter stream, record hash, settled marker. ARGV: group, entry id, consumer,
-/// reason, error, expected delivery count (`""` = any), attempts to report. Returns 1 when moved
+/// reason, error, expected delivery count (`""` = any), attempts to report, dead-letter stream
+/// cap (0 = none). Returns 1 when moved
 /// (also when a re-sent call finds its own earlier move), -1 not pending, -2 another owner, -3
 /// delivered again since (a newer attempt owns the outcome), -4 deleted while pending
 /// (acknowledged away).
@@ -286,7 +293,7 @@ if c == -1 then
 end
 if c < 0 then return c end
 if ARGV[6] ~= '' and c ~= tonumber(ARGV[6]) then return -3 end
-if not dead_letter(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7]) then
+if not dead_letter(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[7], ARGV[8]) then
   return -4
 end
 return 1
@@ -326,7 +333,7 @@ return due
 ///
 /// KEYS: stream, dead-letter stream, record hash, settled marker. ARGV: group, entry id,
 /// consumer, max attempts, attempt token, solo (0/1), fresh (1 = the caller knows the last
-/// delivery never started).
+/// delivery never started), dead-letter stream cap (0 = none).
 /// Returns `{1, delivery count, attempt, fields}` to run, `{0, attempts, event id}` when
 /// dead-lettered, `{2, ms}` when not due, `{4}` when it must run alone, `{-1}`/`{-2}` when not
 /// ours, `{-3}` when deleted while pending (acknowledged away).
@@ -369,7 +376,7 @@ if charged >= tonumber(ARGV[4]) then
   if unfinished then
     err = 'no outcome: the worker died, stalled or lost its lease while running the event alone'
   end
-  local ev = dead_letter(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], 'max_attempts', err, charged)
+  local ev = dead_letter(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], 'max_attempts', err, charged, ARGV[8])
   if ev == false then return {-3} end
   return {0, charged, ev}
 end

@@ -85,6 +85,7 @@ pub struct SubscriberOptions {
     unknown_types: UnknownTypes,
     max_held: Option<usize>,
     max_entry_bytes: usize,
+    max_dead_letters: u64,
 }
 
 impl SubscriberOptions {
@@ -108,6 +109,7 @@ impl SubscriberOptions {
             unknown_types: UnknownTypes::Skip,
             max_held: None,
             max_entry_bytes: 2 * 1024 * 1024,
+            max_dead_letters: 100_000,
         }
     }
 
@@ -270,6 +272,19 @@ impl SubscriberOptions {
     pub fn max_entry_bytes(mut self, limit: usize) -> Self {
         self.max_entry_bytes = limit;
         self
+    }
+
+    /// Most dead letters the group keeps (default 100 000; 0 keeps all): each new dead letter
+    /// beyond it removes the oldest, so a poison flood cannot fill Redis.
+    #[must_use]
+    pub fn max_dead_letters(mut self, n: u64) -> Self {
+        self.max_dead_letters = n;
+        self
+    }
+
+    /// The dead-letter stream cap (0: none).
+    pub fn get_max_dead_letters(&self) -> u64 {
+        self.max_dead_letters
     }
 
     /// The entry size limit.

@@ -339,3 +339,42 @@ async fn a_worker_fed_hostile_entries_among_good_ones_handles_every_good_one_and
     .await;
     w.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_stream_keeps_at_most_its_cap() {
+    let env = TestEnv::new("dlqcap").await;
+    for n in 0..30 {
+        env.bus.publish(&Job { n }).await.expect("publish");
+    }
+    let rec = Recorder::new();
+    let rc = rec.clone();
+    let w = integration_tests::support::start_worker(
+        &env.bus,
+        bus_core::subscriber_fn(
+            SubscriberOptions::new("g").max_dead_letters(5),
+            move |j: Job, _| {
+                let rc = rc.clone();
+                async move {
+                    rc.record(j.n.to_string());
+                    Err::<(), _>(bus_core::HandlerError::reject("no"))
+                }
+            },
+        ),
+    )
+    .await;
+    rec.wait_for(Duration::from_secs(10), "every event ran", |m| {
+        m.len() == 30
+    })
+    .await;
+    integration_tests::eventually(Duration::from_secs(10), "nothing pending", || async {
+        integration_tests::pending_count(&env.bus, "limits", "g").await == Some(0)
+    })
+    .await;
+    let dlq = env.bus.dead_letters("limits", "g").expect("dlq");
+    assert_eq!(
+        dlq.count().await.expect("count"),
+        5,
+        "the newest five are kept"
+    );
+    w.shutdown().await.expect("shutdown");
+}

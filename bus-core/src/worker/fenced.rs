@@ -135,6 +135,7 @@ impl Group {
                         Value::from(token),
                         flag(solo),
                         flag(fresh),
+                        Value::from(self.opts().get_max_dead_letters() as i64),
                     ],
                 ),
             )
@@ -223,6 +224,7 @@ impl Group {
                         Value::from(error),
                         delivery.map_or(Value::from(""), |d| Value::from(i64::from(d))),
                         Value::from(i64::from(attempts)),
+                        Value::from(self.opts().get_max_dead_letters() as i64),
                     ],
                 ),
             )
