@@ -2,7 +2,8 @@
 //! read an event's status, trim a stream safely.
 //!
 //! ```text
-//! streambus [--url redis://127.0.0.1:6379] [--prefix bus] [--json] <command>
+//! streambus [--url redis://127.0.0.1:6379] [--prefix bus] [--json]
+//!           [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] <command>
 //!   streams                                   list streams
 //!   info <stream>                             lanes, delayed events, groups (pending, lag, consumers, dead letters)
 //!   dlq list <stream> <group> [--limit N]     dead letters, oldest first
@@ -43,6 +44,15 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// For rediss:// URLs: trust this CA (PEM file) instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// For rediss:// URLs: client certificate (PEM file) for mutual TLS; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM file).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -147,6 +157,10 @@ async fn main() -> ExitCode {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, BoxError> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()).into())
+}
 
 /// Text from Redis made safe for a terminal: control characters (a crafted entry could carry
 /// escape sequences that rewrite the screen) are shown escaped.
@@ -307,9 +321,17 @@ fn selection(all: bool, ids: &[String]) -> Result<Option<&[String]>, BoxError> {
 }
 
 async fn run(cli: Cli) -> Result<(), BoxError> {
+    let mut tls = bus_core::TlsOptions::new();
+    if let Some(ca) = &cli.tls_ca {
+        tls = tls.ca_pem(read_file(ca)?);
+    }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        tls = tls.client_cert_pem(read_file(cert)?, read_file(key)?);
+    }
     let bus = Bus::builder()
         .prefix(cli.prefix.clone())
         .connect_timeout(Duration::from_secs(3))
+        .tls(tls)
         .connect(&cli.url)
         .await?;
     let json = cli.json;
@@ -333,7 +355,8 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     .iter()
                     .map(|g| {
                         serde_json::json!({"group": g.name, "pending": g.pending, "lag": g.lag,
-                            "consumers": g.consumers, "dead_letters": g.dead_letters})
+                            "consumers": g.consumers, "active_consumers": g.active_consumers,
+                            "dead_letters": g.dead_letters, "stalled": g.is_stalled()})
                     })
                     .collect();
                 let lanes: serde_json::Map<String, serde_json::Value> = info
@@ -358,12 +381,17 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 for g in &info.groups {
                     let lag = g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string());
                     println!(
-                        "  {:<24} {:>8} {:>8} {:>10} {:>12}",
+                        "  {:<24} {:>8} {:>8} {:>10} {:>12}{}",
                         printable(&g.name),
                         g.pending,
                         lag,
                         g.consumers,
-                        g.dead_letters
+                        g.dead_letters,
+                        if g.is_stalled() {
+                            "  STALLED: events wait and no consumer was active in the last minute"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }

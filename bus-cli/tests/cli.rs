@@ -225,6 +225,14 @@ async fn bulk_operator_commands_ask_first_and_typos_are_errors() {
     assert!(ok, "{out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert!(v["removed"].is_u64(), "{v}");
+    // Events wait and no consumer of the group is active (its worker left): flagged.
+    env.bus.publish(&Order { n: 99 }).await.expect("publish");
+    let (ok, out) = cli(&env, &["--json", "info", "orders"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["groups"][0]["stalled"], true, "{v}");
+    let (ok, out) = cli(&env, &["info", "orders"]);
+    assert!(ok && out.contains("STALLED"), "{out}");
     // A group nobody reads any more can be dropped, with its side keys.
     let (ok, out) = cli(&env, &["group", "drop", "orders", "billing"]);
     assert!(!ok && out.contains("--yes"), "{out}");
@@ -237,4 +245,39 @@ async fn bulk_operator_commands_ask_first_and_typos_are_errors() {
         .await
         .iter()
         .all(|k| !k.contains(":dlq:billing") && !k.contains(":retry:billing")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_tls_with_a_private_ca_and_a_client_certificate() {
+    use integration_tests::support::{tls_available, TlsRedis};
+    if !tls_available() {
+        return;
+    }
+    let dir = integration_tests::procs::TempDir::new("clitls");
+    let redis = TlsRedis::start(&dir.0, true);
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_streambus"))
+            .args(["--url", &redis.url(), "--prefix", "clitls"])
+            .args(extra)
+            .arg("streams")
+            .output()
+            .expect("run streambus");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let ca = redis.path("server-ca.pem");
+    let (cert, key) = (redis.path("client.pem"), redis.path("client.key"));
+    let ca = ca.to_str().expect("path");
+    let (ok, out) = run(&["--tls-ca", ca]);
+    assert!(!ok, "the server requires a client certificate: {out}");
+    let (ok, out) = run(&[
+        "--tls-ca",
+        ca,
+        "--tls-cert",
+        cert.to_str().expect("path"),
+        "--tls-key",
+        key.to_str().expect("path"),
+    ]);
+    assert!(ok, "{out}");
 }

@@ -25,7 +25,21 @@ pub struct GroupInfo {
     pub consumers: u64,
     /// Entries in the group's dead-letter stream.
     pub dead_letters: u64,
+    /// Consumers that read or claimed something within the last [`STALE_AFTER`].
+    pub active_consumers: u64,
 }
+
+impl GroupInfo {
+    /// Events wait for this group but none of its consumers has been active within
+    /// [`STALE_AFTER`]: nobody is working for it, and the stream cannot be trimmed past what it
+    /// has not read. Either its workers are down, or the service is gone (drop the group).
+    pub fn is_stalled(&self) -> bool {
+        self.lag.unwrap_or(0) + self.pending > 0 && self.active_consumers == 0
+    }
+}
+
+/// How long a consumer may be idle and still count as active.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A stream's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,12 +116,29 @@ impl Bus {
                         lag,
                         consumers,
                         dead_letters: 0,
+                        active_consumers: 0,
                     }),
                 }
             }
         }
         for g in &mut groups {
             g.dead_letters = c.xlen(keys.dead_letter(&g.name)).await?;
+            let mut active = std::collections::HashSet::new();
+            for p in Priority::ALL {
+                let consumers: Vec<HashMap<String, Value>> = c
+                    .xinfo_consumers(keys.lane(p).as_str(), g.name.as_str())
+                    .await
+                    .unwrap_or_default();
+                for consumer in consumers {
+                    let idle = field(&consumer, "idle").unwrap_or(u64::MAX);
+                    if idle < STALE_AFTER.as_millis() as u64 {
+                        if let Some(name) = consumer.get("name").cloned().and_then(value_string) {
+                            active.insert(name);
+                        }
+                    }
+                }
+            }
+            g.active_consumers = active.len() as u64;
         }
         groups.sort_by(|a, b| a.name.cmp(&b.name));
         let delayed = c.zcard(keys.delayed()).await?;

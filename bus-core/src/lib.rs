@@ -117,7 +117,7 @@ pub use dead_letter::{DeadLetter, DeadLetters};
 pub use delayed::Scheduled;
 pub use error::{Action, BoxError, Error, HandlerError, RedisError, Result};
 pub use event::Event;
-pub use inspect::{GroupInfo, StreamInfo};
+pub use inspect::{GroupInfo, StreamInfo, STALE_AFTER};
 pub use names::{validate_name, Priority, MAX_NAME_LEN};
 pub use shutdown::shutdown_signal;
 pub use status::{GroupStatus, State};

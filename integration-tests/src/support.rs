@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +18,8 @@ use fred::prelude::*;
 use fred::types::Value;
 
 use crate::proxy::FaultProxy;
+use crate::{free_port, RedisServer, TestEnv};
 use crate::{init_tracing, pending_count, redis_server_available, unique_prefix, Recorder};
-use crate::{RedisServer, TestEnv};
 
 // ---------------------------------------------------------------------------------------------
 // What Redis says
@@ -273,4 +275,145 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS: a redis-server with certificates made by the openssl CLI
+
+/// Runs the openssl CLI in `dir`.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`{name}-ca.pem`) and a certificate signed by it (`{name}.pem`, `{name}.key`).
+pub fn ca_and_cert(dir: &Path, name: &str, ext: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca = format!("{name}-ca");
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=streambus-test-ca",
+    ];
+    args.extend(ec);
+    let (ca_key, ca_pem) = (format!("{ca}.key"), format!("{ca}.pem"));
+    args.extend(["-keyout", &ca_key, "-out", &ca_pem]);
+    openssl(dir, &args);
+    let (key, csr, pem, extfile) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    std::fs::write(dir.join(&extfile), ext).expect("ext file");
+    let mut args = vec![
+        "req",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ];
+    args.extend(ec);
+    openssl(dir, &args);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-extfile",
+            &extfile,
+        ],
+    );
+}
+
+/// A redis-server with a TLS port and certificates made for it (`server-ca.pem`, `client.pem`, …).
+#[derive(Debug)]
+pub struct TlsRedis {
+    _server: RedisServer,
+    tls_port: u16,
+    dir: PathBuf,
+}
+
+impl TlsRedis {
+    /// A redis-server with a TLS port; `client_auth` makes client certificates mandatory.
+    pub fn start(dir: &Path, client_auth: bool) -> TlsRedis {
+        ca_and_cert(dir, "server", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+        ca_and_cert(dir, "client", "extendedKeyUsage=clientAuth\n");
+        let tls_port = free_port().expect("port");
+        let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let server = RedisServer::builder()
+            .arg("--tls-port")
+            .arg(tls_port.to_string())
+            .arg("--tls-cert-file")
+            .arg(path("server.pem"))
+            .arg("--tls-key-file")
+            .arg(path("server.key"))
+            // Client certificates are checked against the client CA.
+            .arg("--tls-ca-cert-file")
+            .arg(path("client-ca.pem"))
+            .arg("--tls-auth-clients")
+            .arg(if client_auth { "yes" } else { "no" })
+            .start()
+            .expect("redis-server with TLS");
+        TlsRedis {
+            _server: server,
+            tls_port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The `rediss://` URL of its TLS port.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port)
+    }
+
+    /// A file of its directory (certificates, keys).
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.dir.join(f)
+    }
+
+    /// The bytes of a file of its directory.
+    pub fn read(&self, f: &str) -> Vec<u8> {
+        std::fs::read(self.dir.join(f)).expect("read PEM")
+    }
+}
+
+/// Whether redis-server and the openssl CLI are there (the TLS tests skip otherwise).
+pub fn tls_available() -> bool {
+    let ok = bus_core::testing::redis_server_available()
+        && Command::new("openssl").arg("version").output().is_ok();
+    if !ok {
+        eprintln!("skipping: needs redis-server (with TLS) and openssl on PATH");
+    }
+    ok
 }
