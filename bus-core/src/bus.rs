@@ -16,7 +16,7 @@ use crate::event::Event;
 use crate::names::{validate_name, StreamKeys};
 use crate::worker::Worker;
 
-/// Default payload limit: 1 MiB.
+/// Default payload limit: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 /// Default most headers per event.
 pub const DEFAULT_MAX_HEADERS: usize = 64;
@@ -116,7 +116,7 @@ impl PublishOptions {
         self
     }
 
-    /// De-duplicates by an idempotency key: within `window`, only the first publish with
+    /// De-duplicates by an idempotency key: within `window`, only the first publish with
     /// this key writes an event; later ones return the first one's ids with
     /// [`Published::duplicate`] set. The key lives in `<prefix>:{<stream>}:dedup:<key>` with the
     /// window as its TTL, set in the same script as the write.
@@ -142,7 +142,7 @@ impl PublishOptions {
     }
 
     /// Waits until at least `replicas` replicas have the event (`WAIT` on the publishing
-    /// connection, in the same pipeline as the `XADD`), for at most `timeout`. With async
+    /// connection, in the same pipeline as the `XADD`), for at most `timeout`. With async
     /// replication, an acknowledged write can otherwise be lost in a failover. When fewer replicas
     /// confirm in time, the publish fails with [`Error::NotReplicated`] — the event *is* stored on
     /// the primary. `WAIT` holds the bus connection meanwhile: give such publishes a `Bus` of
@@ -263,7 +263,7 @@ impl BusBuilder {
         self
     }
 
-    /// Connects and checks the server: an unreachable server, rejected credentials and a
+    /// Connects and checks the server: an unreachable server, rejected credentials and a
     /// Redis older than 6.2 each give their own error. Warns when `maxmemory-policy` is not
     /// `noeviction`. URLs: `redis://[user:pass@]host:port[/db]`, `rediss://…` for TLS.
     pub async fn connect(self, url: &str) -> Result<Bus> {
@@ -333,7 +333,7 @@ pub(crate) fn build_client(
             p.default_command_timeout = command_timeout;
         })
         // Reconnect forever with backoff: a finite policy leaves the client dead for good once it
-        // is used up (see FRED-NOTES §3).
+        // is used up.
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
     builder
         .build()

@@ -1,4 +1,4 @@
-//! Dead letters (R-5): events a group gave up on, kept in a per-group stream
+//! Dead letters: events a group gave up on, kept in a per-group stream
 //! `<prefix>:{<stream>}:dlq:<group>` with the original entry and why it failed.
 
 use fred::prelude::*;
@@ -83,7 +83,7 @@ impl DeadLetter {
     }
 }
 
-/// One group's dead-letter stream: list, count, replay, purge (R-5.3).
+/// One group's dead-letter stream: list, count, replay, purge.
 ///
 /// ```no_run
 /// # async fn demo(bus: bus_core::Bus) -> bus_core::Result<()> {

@@ -1,4 +1,4 @@
-//! Delayed and scheduled publish.
+//! Delayed and scheduled publish.
 //!
 //! A delayed event waits in the stream's sorted set `<prefix>:{<stream>}:delayed`, scored by its
 //! due time in Unix ms on **Redis's** clock (`publish_after` computes it in a script from `TIME`).

@@ -1,4 +1,4 @@
-//! The stream-entry format.
+//! The stream-entry format.
 //!
 //! | field | value |
 //! |---|---|

@@ -1,4 +1,4 @@
-//! Counters and histograms through the `metrics` facade. Without an installed recorder
+//! Counters and histograms through the `metrics` facade. Without an installed recorder
 //! they cost next to nothing. Names:
 //!
 //! | metric | kind | labels |
@@ -9,8 +9,8 @@
 //! | `streambus_retried_total` | counter | stream, group |
 //! | `streambus_dead_lettered_total` | counter | stream, group, reason |
 //! | `streambus_reclaimed_total` | counter | stream, group |
-//! | `streambus_deleted_pending_total` | counter | stream, group (R-6.3) |
-//! | `streambus_group_recreated_total` | counter | stream, group (R-4.12) |
+//! | `streambus_deleted_pending_total` | counter | stream, group |
+//! | `streambus_group_recreated_total` | counter | stream, group |
 //! | `streambus_lease_lost_total` | counter | stream, group |
 //! | `streambus_timed_out_total` | counter | stream, group (attempts past the handler timeout) |
 //! | `streambus_skipped_total` | counter | stream, group, reason (`unknown_type`) |

@@ -1,4 +1,4 @@
-//! Name rules and the Redis key layout.
+//! Name rules and the Redis key layout.
 //!
 //! Every key of one stream shares the hash tag `{<stream>}` so that a stream and all of its side
 //! keys live in one Redis Cluster slot:

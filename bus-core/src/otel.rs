@@ -1,4 +1,4 @@
-//! Trace context propagation through event headers, with the `opentelemetry` feature.
+//! Trace context propagation through event headers, with the `opentelemetry` feature.
 //!
 //! On publish, the OpenTelemetry context of the current `tracing` span (the `publish` span, or the
 //! caller's span when that one is filtered out) is written into the event's headers by the global

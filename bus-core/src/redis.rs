@@ -1,8 +1,7 @@
 //! Reply parsing and Lua scripts: the one place that knows the shape of raw Redis replies.
 //!
 //! Replies are parsed by hand from [`Value`] instead of typed conversions, because a single odd
-//! entry (binary field names, an entry deleted while pending) must not make a whole batch fail
-//! (FRED-NOTES §1, pitfalls 1 and 2).
+//! entry (binary field names, an entry deleted while pending) must not make a whole batch fail.
 
 use std::sync::OnceLock;
 
@@ -159,7 +158,7 @@ pub(crate) async fn scan_keys(client: &Client, pattern: &str) -> Result<Vec<Stri
     }
 }
 
-/// Creates a consumer group, accepting one that exists already (R-4.2).
+/// Creates a consumer group, accepting one that exists already.
 pub(crate) async fn ensure_group(
     client: &Client,
     key: &str,
@@ -443,7 +442,7 @@ end
 return n
 "#;
 
-/// Deletes a consumer from its group only if it owns no pending entries (R-4.8, R-4.9), and only
+/// Deletes a consumer from its group only if it owns no pending entries, and only
 /// if it has been idle at least ARGV[3] ms (0 = any).
 /// KEYS: stream. ARGV: group, consumer, min idle ms. Returns 1 when deleted, 0 otherwise.
 const DELETE_IDLE_CONSUMER_LUA: &str = r#"
@@ -463,7 +462,7 @@ redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#;
 
-/// Re-publishes dead letters to their group only (R-5.3): the original fields go back into the
+/// Re-publishes dead letters to their group only: the original fields go back into the
 /// stream as a new entry addressed to the group (field `to`), so other groups skip it and the
 /// attempt count starts again; the dead letter is deleted in the same step.
 /// KEYS: stream, dead-letter stream. ARGV: group, dead-letter ids…  Returns how many were replayed.

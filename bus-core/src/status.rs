@@ -1,12 +1,11 @@
-//! Per-event status, results and completion.
+//! Per-event status, results and completion.
 //!
 //! For subscribers with [`track_status`](crate::SubscriberOptions::track_status), each event has
 //! a hash `<prefix>:{<stream>}:status:<event id>` with fields `<group>:state`, `<group>:attempts`,
 //! `<group>:error`, `<group>:result` (MessagePack) and `<group>:updated_at`. Every write goes
 //! through one script that also sets the TTL — the completion TTL (24 h) once every recorded group
-//! is done, else at least the safety TTL (7 days) — so a record can never be left without one
-//! and that never overwrites `succeeded`, so a zombie cannot turn a success into a
-//! failure. Terminal states (`succeeded`, `dead`) are announced on the Pub/Sub
+//! is done, else at least the safety TTL (7 days) — so a record can never be left without one,
+//! and that never overwrites `succeeded`, so a zombie cannot turn a success into a failure. Terminal states (`succeeded`, `dead`) are announced on the Pub/Sub
 //! channel `<prefix>:{<stream>}:done:<event id>`.
 //!
 //! [`Bus::wait_for`] subscribes first, then reads the hash (no race with a completion in

@@ -21,7 +21,7 @@ pub struct HandlerOutput {
     pub(crate) result: Option<Vec<u8>>,
 }
 
-/// Where a new consumer group starts reading.
+/// Where a new consumer group starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum StartFrom {
@@ -215,7 +215,7 @@ impl SubscriberOptions {
     }
 
     /// How many entries a worker may read beyond its free handler slots (default 0: it reads
-    /// only what it can run at once, R-4.3). Read-ahead entries wait in the worker for a slot,
+    /// only what it can run at once). Read-ahead entries wait in the worker for a slot,
     /// leases renewed, so they are not reclaimed; larger reads cut round trips for fast handlers
     /// (see BENCHMARKS.md), but read-ahead entries are not available to other workers of the pool
     /// meanwhile, so keep it 0 for slow handlers.

@@ -1,9 +1,9 @@
-//! Safe stream trimming: trim each stream to the oldest entry some group still needs.
+//! Safe stream trimming: trim each stream to the oldest entry some group still needs.
 //!
 //! Per group, the oldest entry it needs is the smaller of the entry after its last-delivered id
 //! (undelivered entries) and its oldest pending id (delivered, not acknowledged). The stream is
 //! trimmed with `XTRIM MINID` to the smallest of those over all groups, in one script, so no
-//! delivery or claim interleaves (STREAMS-NOTES §5). A stream without groups is never trimmed.
+//! delivery or claim interleaves. A stream without groups is never trimmed.
 //! Optional retention keeps entries younger than a minimum age and at least a minimum count, for
 //! late-joining groups and replays.
 

@@ -1,4 +1,5 @@
-//! Metrics through the `metrics` facade (R-9.2; counts). One test per binary:
+//! Metrics through the `metrics` facade (including re-created groups and entries deleted while
+//! pending). One test per binary:
 //! the recorder is process-global.
 
 use std::time::Duration;
@@ -75,7 +76,7 @@ async fn outcomes_are_counted() {
         counter("streambus_dead_lettered_total", None) == 2
     })
     .await;
-    // A vanished stream and group are counted when re-created.
+    // A vanished stream and group are counted when re-created.
     let key = env.bus.stream_key("jobs").expect("key");
     let _: i64 = env.bus.redis().del(key.as_str()).await.expect("DEL");
     env.bus.publish(&Job { n: 0 }).await.expect("publish");

@@ -1,4 +1,4 @@
-//! with the `opentelemetry` feature: the publisher's trace context travels in the event's
+//! Trace propagation with the `opentelemetry` feature: the publisher's trace context travels in the event's
 //! headers (W3C `traceparent`) and the handler's `handle` span continues it.
 
 use std::time::Duration;

@@ -102,7 +102,7 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// A unique consumer name for this process: `host:pid:random`.
+/// A unique consumer name for this process: `host:pid:random`.
 pub fn default_consumer_name() -> String {
     let host: String = gethostname::gethostname()
         .to_string_lossy()
@@ -198,7 +198,7 @@ impl Worker {
 
     /// How often this worker trims the streams it subscribes to (default every 30 s; `None` turns
     /// it off). Trimming is safe: it removes only entries that every group of the stream has
-    /// delivered and acknowledged.
+    /// delivered and acknowledged.
     #[must_use]
     pub fn trim_every(mut self, interval: Option<Duration>) -> Self {
         self.settings.trim_interval = interval.map(|d| d.max(Duration::from_millis(10)));
