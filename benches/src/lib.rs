@@ -171,3 +171,18 @@ impl CpuMeter {
         }
     }
 }
+
+/// Logs on stderr how the end-of-run key clean-up went (`tool` names the binary).
+pub fn report_cleanup<E: std::fmt::Display>(
+    tool: &str,
+    deleted: &Result<u64, E>,
+    started: Instant,
+) {
+    match deleted {
+        Ok(n) => eprintln!(
+            "[{tool}] deleted {n} keys; took {:.1} s",
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => eprintln!("[{tool}] clean-up failed: {e}"),
+    }
+}

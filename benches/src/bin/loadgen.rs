@@ -1168,13 +1168,7 @@ async fn main() -> BoxResult<()> {
         }
     };
     let deleted = run.cleanup().await;
-    match &deleted {
-        Ok(n) => progress(&format!(
-            "deleted {n} leftover keys; took {:.1} s",
-            started.elapsed().as_secs_f64()
-        )),
-        Err(e) => progress(&format!("clean-up failed: {e}")),
-    }
+    benches::report_cleanup("loadgen", &deleted, started);
     outcome?;
     deleted?;
     report.ratios();

@@ -848,13 +848,7 @@ async fn parent_main(argv: &[String]) -> BoxResult<()> {
     };
     let deleted = delete_prefix(&bus).await;
     bus.close().await;
-    match &deleted {
-        Ok(n) => progress(&format!(
-            "deleted {n} keys; took {:.1} s",
-            started.elapsed().as_secs_f64()
-        )),
-        Err(e) => progress(&format!("clean-up failed: {e}")),
-    }
+    benches::report_cleanup("outage", &deleted, started);
     outcome?;
     deleted?;
     print_table(&report);
