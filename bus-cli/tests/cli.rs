@@ -244,7 +244,7 @@ async fn bulk_operator_commands_ask_first_and_typos_are_errors() {
         .keys()
         .await
         .iter()
-        .all(|k| !k.contains(":dlq:billing") && !k.contains(":retry:billing")));
+        .all(|k| !k.contains(":dlq:billing") && !k.contains(":retry:") && !k.contains(":moved:")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

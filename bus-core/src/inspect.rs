@@ -63,8 +63,8 @@ impl Bus {
     /// The streams under this bus's prefix (by their normal-lane key).
     pub async fn streams(&self) -> Result<Vec<String>> {
         let head = format!("{}:{{", self.prefix());
-        let keys =
-            crate::redis::scan_keys(&self.inner.client, &format!("{head}*}}:stream")).await?;
+        let pattern = format!("{}*}}:stream", crate::redis::escape_glob(&head));
+        let keys = crate::redis::scan_keys(&self.inner.client, &pattern).await?;
         let mut out: Vec<String> = keys
             .iter()
             .filter_map(|k| {
@@ -173,7 +173,11 @@ impl Bus {
         }
         let dlq = keys.dead_letter(group);
         // Markers of recently settled entries expire by themselves; removed here all the same.
-        let markers = crate::redis::scan_keys(c, &format!("{dlq}:moved:*")).await?;
+        let markers: Vec<String> = crate::redis::scan_keys(c, &keys.settled_marker_pattern(group))
+            .await?
+            .into_iter()
+            .filter(|k| keys.marker_group(k) == Some(group))
+            .collect();
         for chunk in markers.chunks(500) {
             let _: u64 = c.unlink(chunk.to_vec()).await?;
         }

@@ -8,10 +8,16 @@
 //! | `<prefix>:{<stream>}:stream` | stream | the events (normal priority) |
 //! | `<prefix>:{<stream>}:stream:high`, `…:stream:low` | stream | the high and low priority lanes |
 //! | `<prefix>:{<stream>}:dlq:<group>` | stream | the group's dead letters |
-//! | `<prefix>:{<stream>}:retry:<group>` (`…:high`, `…:low` per lane) | hash | entry id → due time and last error, for entries waiting for a retry |
+//! | `<prefix>:{<stream>}:retry:<lane>:<group>` (lane `high`, `normal` or `low`) | hash | entry id → attempt record, for entries the group started but has not finished |
+//! | `<prefix>:{<stream>}:moved:<group>:<entry id>` | string | who settled an entry and how (10 minutes) |
 //! | `<prefix>:{<stream>}:delayed` | sorted set | delayed publishes, scored by due time (Redis clock) |
 //! | `<prefix>:{<stream>}:dedup:<key>` | string | de-duplicated publish: event id and entry id, TTL = window |
 //! | `<prefix>:{<stream>}:status:<event id>` | hash | per-event, per-group status and result, with a TTL |
+//!
+//! No two (kind, group, lane, entry) tuples share a key: each kind has its own first segment after
+//! the hash tag, the fixed-set lane comes before the group, and a group name is either the last
+//! segment or followed only by an entry id (which never contains `:`). Group names may contain
+//! `:`, so `billing:high` on the normal lane and `billing` on the high lane stay apart.
 
 use crate::error::{Error, Result};
 
@@ -31,6 +37,15 @@ pub enum Priority {
 impl Priority {
     /// All lanes, highest first.
     pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// The lane's name in keys, metrics and the CLI: `high`, `normal` or `low`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
 }
 
 /// Longest accepted stream, group or prefix name, in bytes.
@@ -120,13 +135,45 @@ impl StreamKeys {
         }
     }
 
-    /// The retry hash of a group in a priority lane.
+    /// The attempt-record hash of a group in a priority lane.
     pub(crate) fn lane_retries(&self, p: Priority, group: &str) -> String {
+        format!("{}:retry:{}:{group}", self.base, p.as_str())
+    }
+
+    /// Where 0.1 kept a lane's attempt records: `retry:<group>[:high|:low]`, a layout in which group
+    /// `billing:high` on the normal lane and group `billing` on the high lane shared one hash.
+    /// Workers rename it to [`StreamKeys::lane_retries`] at start.
+    pub(crate) fn legacy_lane_retries(&self, p: Priority, group: &str) -> String {
         match p {
-            Priority::High => format!("{}:retry:{group}:high", self.base),
             Priority::Normal => format!("{}:retry:{group}", self.base),
-            Priority::Low => format!("{}:retry:{group}:low", self.base),
+            p => format!("{}:retry:{group}:{}", self.base, p.as_str()),
         }
+    }
+
+    /// The marker a settled entry of `group` leaves for a re-sent script (10 minutes).
+    pub(crate) fn settled_marker(&self, group: &str, entry_id: &str) -> String {
+        format!("{}:moved:{group}:{entry_id}", self.base)
+    }
+
+    /// A `SCAN` pattern matching every settled marker of `group` (and possibly of groups whose
+    /// name starts with `<group>:`; filter with [`StreamKeys::marker_group`]).
+    pub(crate) fn settled_marker_pattern(&self, group: &str) -> String {
+        format!(
+            "{}:moved:{}:*",
+            crate::redis::escape_glob(&self.base),
+            crate::redis::escape_glob(group)
+        )
+    }
+
+    /// The group a settled-marker key belongs to (`None` for any other key).
+    pub(crate) fn marker_group<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let rest = key
+            .strip_prefix(self.base.as_str())?
+            .strip_prefix(":moved:")?;
+        let (group, id) = rest.rsplit_once(':')?;
+        id.bytes()
+            .all(|b| b.is_ascii_digit() || b == b'-')
+            .then_some(group)
     }
 }
 
@@ -174,5 +221,31 @@ mod tests {
         let k = StreamKeys::new("bus", "orders");
         assert_eq!(k.stream(), "bus:{orders}:stream");
         assert_eq!(k.dead_letter("billing"), "bus:{orders}:dlq:billing");
+    }
+
+    #[test]
+    fn no_two_groups_or_lanes_share_a_side_key() {
+        let k = StreamKeys::new("bus", "orders");
+        let groups = [
+            "billing",
+            "billing:high",
+            "billing:low",
+            "billing:normal",
+            "high",
+            "a:b",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for g in groups {
+            for p in Priority::ALL {
+                assert!(seen.insert(k.lane_retries(p, g)), "{g} {p:?}");
+            }
+            assert!(seen.insert(k.dead_letter(g)), "{g}");
+            for id in ["1-0", "1700000000000-12"] {
+                let m = k.settled_marker(g, id);
+                assert_eq!(k.marker_group(&m), Some(g));
+                assert!(seen.insert(m), "{g} {id}");
+            }
+        }
+        assert_eq!(k.marker_group("bus:{orders}:moved:billing"), None);
     }
 }

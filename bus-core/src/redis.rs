@@ -132,6 +132,18 @@ pub(crate) fn parse_read_reply(v: Value) -> Vec<RawEntry> {
         .collect()
 }
 
+/// Escapes the glob characters of `s` for a `SCAN MATCH` pattern, so names are matched literally.
+pub(crate) fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Every key matching a glob `pattern`, by a `SCAN` cursor loop (bounded work per call).
 pub(crate) async fn scan_keys(client: &Client, pattern: &str) -> Result<Vec<String>> {
     let mut cursor = "0".to_owned();
@@ -175,6 +187,22 @@ pub(crate) async fn ensure_group(
     }
 }
 
+/// KEYS: old key, new key. Renames old to new when only old exists; returns 1 when renamed.
+const ADOPT_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+return 1
+"#;
+
+/// Moves a key written under an older key layout to its new name, unless the new one exists.
+/// Returns whether it moved.
+pub(crate) async fn adopt_renamed_key(client: &Client, old: &str, new: &str) -> Result<bool> {
+    static S: OnceLock<Script> = OnceLock::new();
+    let script = S.get_or_init(|| Script::from_lua(ADOPT_LUA));
+    let moved = eval(script, client, vec![old.to_owned(), new.to_owned()], vec![]).await?;
+    Ok(moved.as_u64() == Some(1))
+}
+
 /// Runs a script by SHA, loading it when the server does not know it (after a restart or
 /// `SCRIPT FLUSH`).
 pub(crate) async fn eval(
@@ -205,7 +233,7 @@ pub(crate) async fn eval(
 /// `dead_letter` copies the original fields into the dead-letter stream after the metadata and
 /// acknowledges the entry, in the same script; an entry deleted while pending is acknowledged away
 /// instead (false), so no empty dead letter is ever written. Either way it leaves a marker
-/// (`<dead-letter stream>:moved:<entry id>`, 10 minutes) saying who settled the entry and how, so
+/// (`…:moved:<group>:<entry id>`, 10 minutes) saying who settled the entry and how, so
 /// a script re-sent after its reply was lost finds what the first run did (`recently_settled`).
 const LUA_PRELUDE: &str = r#"
 local function owned(stream, group, id, me)

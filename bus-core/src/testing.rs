@@ -42,7 +42,7 @@ pub fn unique_prefix(label: &str) -> String {
 
 /// Every key under the bus's prefix.
 pub async fn keys_with_prefix(bus: &Bus) -> Result<Vec<String>> {
-    let pattern = format!("{}:*", escape_glob(bus.prefix()));
+    let pattern = format!("{}:*", crate::redis::escape_glob(bus.prefix()));
     crate::redis::scan_keys(bus.redis(), &pattern).await
 }
 
@@ -53,17 +53,6 @@ pub async fn delete_prefix(bus: &Bus) -> Result<u64> {
         deleted += bus.redis().del::<u64, _>(k).await?;
     }
     Ok(deleted)
-}
-
-fn escape_glob(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Options for [`RedisServer`].

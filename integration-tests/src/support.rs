@@ -79,9 +79,23 @@ pub async fn pending_entry(bus: &Bus, stream: &str, group: &str, id: &str) -> Op
     })
 }
 
-/// The group's attempt-record hash (normal lane) for `stream`: `<prefix>:{stream}:retry:<group>`.
+/// Redis's clock (`TIME`), Unix ms.
+pub async fn redis_now_ms(bus: &Bus) -> u64 {
+    let (s, us): (u64, u64) = bus
+        .redis()
+        .custom(
+            fred::types::CustomCommand::new_static("TIME", None, false),
+            Vec::<String>::new(),
+        )
+        .await
+        .expect("TIME");
+    s * 1000 + us / 1000
+}
+
+/// The group's attempt-record hash (normal lane) for `stream`:
+/// `<prefix>:{stream}:retry:normal:<group>`.
 pub fn attempt_records_key(prefix: &str, stream: &str, group: &str) -> String {
-    format!("{prefix}:{{{stream}}}:retry:{group}")
+    format!("{prefix}:{{{stream}}}:retry:normal:{group}")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ struct Order {
 pub const COMMANDS: &str = "+ping +time +xadd +xreadgroup +xack +xclaim +xautoclaim +xpending \
     +xgroup|create +xgroup|delconsumer +xinfo|groups +xinfo|consumers +xinfo|stream +xrange \
     +xrevrange +xlen +xtrim +xdel +eval +evalsha +script|load +hset +hget +hdel +hgetall +hmget \
-    +zadd +zrangebyscore +zrem +zcard +set +get +del +unlink +pexpire +pttl +exists +scan \
+    +zadd +zrangebyscore +zrem +zcard +set +get +del +unlink +pexpire +pttl +exists +rename +scan \
     +publish +subscribe +unsubscribe +client|id +client|unblock";
 
 async fn admin(url: &str) -> Client {

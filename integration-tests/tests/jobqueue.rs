@@ -19,16 +19,7 @@ struct Job {
 }
 
 async fn redis_ms(env: &TestEnv) -> u64 {
-    let (s, us): (u64, u64) = env
-        .bus
-        .redis()
-        .custom(
-            fred::types::CustomCommand::new_static("TIME", None, false),
-            Vec::<String>::new(),
-        )
-        .await
-        .expect("TIME");
-    s * 1000 + us / 1000
+    integration_tests::support::redis_now_ms(&env.bus).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

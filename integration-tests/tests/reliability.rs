@@ -85,7 +85,7 @@ async fn failing_handlers_are_retried_with_growing_delays_then_dead_lettered_wit
     assert_eq!(d.attempts, 4);
     assert_eq!(d.error, "boom 4");
     assert_eq!(pending(&env.bus, "g").await, 0);
-    let retry_key = format!("{}:{{jobs}}:retry:g", env.prefix);
+    let retry_key = integration_tests::support::attempt_records_key(&env.prefix, "jobs", "g");
     let left: u64 = env
         .bus
         .redis()

@@ -76,7 +76,7 @@ impl Group {
             l.stream.clone(),
             self.keys.dead_letters.clone(),
             l.records.clone(),
-            format!("{}:moved:{id}", self.keys.dead_letters),
+            self.keys.stream.settled_marker(self.group(), id),
         ]
     }
 

@@ -17,7 +17,7 @@ use super::state::{HeldTable, Lane};
 use super::WorkerSettings;
 use crate::bus::Bus;
 use crate::metrics::SubscriberMetrics;
-use crate::names::Priority;
+use crate::names::{Priority, StreamKeys};
 use crate::status::{self, State, StatusWrite};
 use crate::subscriber::{ContextNames, SubscriberOptions};
 
@@ -34,6 +34,8 @@ pub(crate) struct GroupKeys {
     /// Per lane, highest priority first.
     pub(crate) lanes: Vec<LaneKeys>,
     pub(crate) dead_letters: String,
+    /// The stream's whole key set (for per-entry keys such as settled markers).
+    pub(crate) stream: StreamKeys,
 }
 
 impl GroupKeys {
@@ -48,6 +50,7 @@ impl GroupKeys {
                 })
                 .collect(),
             dead_letters: keys.dead_letter(group),
+            stream: keys,
         }
     }
 

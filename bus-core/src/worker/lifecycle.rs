@@ -22,6 +22,7 @@ use super::state::Phase;
 use super::{take, WorkerSettings};
 use crate::bus::Bus;
 use crate::error::Result;
+use crate::names::Priority;
 use crate::redis;
 use crate::subscriber::StartFrom;
 
@@ -50,7 +51,11 @@ impl GroupRunner {
             StartFrom::Beginning => "0",
             StartFrom::NewEvents => "$",
         };
-        for lane in &keys.lanes {
+        for (p, lane) in Priority::ALL.iter().zip(&keys.lanes) {
+            let legacy = keys.stream.legacy_lane_retries(*p, opts.group());
+            if redis::adopt_renamed_key(&client, &legacy, &lane.records).await? {
+                tracing::info!(from = %legacy, to = %lane.records, "moved attempt records to their new key");
+            }
             if redis::ensure_group(&client, &lane.stream, opts.group(), start).await? {
                 tracing::info!(
                     stream = handlers.stream(),
