@@ -99,6 +99,16 @@ pub enum Error {
         /// Its last error.
         error: String,
     },
+    /// The group handled the event a request waited for, but did not keep the handler's result
+    /// (it was over [`SubscriberOptions::max_result_bytes`](crate::SubscriberOptions::max_result_bytes),
+    /// or the subscriber does not keep results).
+    #[error("group {group} handled the event but kept no result: {reason}")]
+    ResultNotKept {
+        /// The group.
+        group: String,
+        /// Why.
+        reason: String,
+    },
     /// A publish with [`wait_for_replicas`](crate::PublishOptions::wait_for_replicas) was stored
     /// on the primary, but fewer replicas than asked confirmed it in time.
     #[error("event {event_id} (entry {entry_id}) reached {acked} of {wanted} replicas in time")]

@@ -19,6 +19,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// How the status error of a succeeded event whose result was too large to keep ends.
+pub(crate) const RESULT_NOT_STORED: &str = "; not stored";
+
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::Value;
@@ -504,9 +507,13 @@ impl Bus {
         let p = self.publish(event).await?;
         let st = self.wait_for::<E>(&p.event_id, group, timeout).await?;
         match st.state {
-            State::Succeeded => st
-                .result::<R>()?
-                .ok_or_else(|| Error::Decode("the handler's result was not recorded".into())),
+            State::Succeeded => st.result::<R>()?.ok_or_else(|| Error::ResultNotKept {
+                group: group.to_owned(),
+                reason: st
+                    .error
+                    .filter(|e| e.ends_with(RESULT_NOT_STORED))
+                    .unwrap_or_else(|| "the subscriber does not keep results".to_owned()),
+            }),
             _ => Err(Error::Failed {
                 group: group.to_owned(),
                 error: st.error.unwrap_or_default(),

@@ -86,6 +86,7 @@ pub struct SubscriberOptions {
     max_held: Option<usize>,
     max_entry_bytes: usize,
     max_dead_letters: u64,
+    max_result_bytes: usize,
 }
 
 impl SubscriberOptions {
@@ -110,6 +111,7 @@ impl SubscriberOptions {
             max_held: None,
             max_entry_bytes: 2 * 1024 * 1024,
             max_dead_letters: 100_000,
+            max_result_bytes: 64 * 1024,
         }
     }
 
@@ -280,6 +282,22 @@ impl SubscriberOptions {
     pub fn max_dead_letters(mut self, n: u64) -> Self {
         self.max_dead_letters = n;
         self
+    }
+
+    /// Largest handler result kept in the status record (default 64 KiB, encoded). A larger
+    /// result is not stored: the event still succeeds, its status says why the result is
+    /// missing, and [`Bus::request`](crate::Bus::request) returns
+    /// [`Error::ResultNotKept`](crate::Error::ResultNotKept). (A cut MessagePack value would not
+    /// decode, so results are dropped whole rather than truncated.)
+    #[must_use]
+    pub fn max_result_bytes(mut self, limit: usize) -> Self {
+        self.max_result_bytes = limit;
+        self
+    }
+
+    /// The result size limit.
+    pub fn get_max_result_bytes(&self) -> usize {
+        self.max_result_bytes
     }
 
     /// The dead-letter stream cap (0: none).

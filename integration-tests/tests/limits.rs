@@ -385,3 +385,56 @@ async fn the_dead_letter_stream_keeps_at_most_its_cap() {
     );
     w.shutdown().await.expect("shutdown");
 }
+
+/// A handler result over the group's limit is not stored: the event still succeeds, its status
+/// says why, and a request gets a typed error instead of a huge status record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_limit_is_not_stored_and_a_request_says_why() {
+    let env = TestEnv::new("bigresult").await;
+    let w = integration_tests::support::start_worker(
+        &env.bus,
+        bus_core::subscriber_fn(
+            SubscriberOptions::new("g")
+                .track_status(true)
+                .max_result_bytes(1024),
+            |j: Job, _| async move { Ok::<_, bus_core::HandlerError>("r".repeat(j.n as usize)) },
+        ),
+    )
+    .await;
+    let t = Duration::from_secs(10);
+    let small: String = env
+        .bus
+        .request(&Job { n: 10 }, "g", t)
+        .await
+        .expect("small");
+    assert_eq!(small.len(), 10);
+    let big = env
+        .bus
+        .request::<_, String>(&Job { n: 100_000 }, "g", t)
+        .await;
+    match big {
+        Err(Error::ResultNotKept { group, reason }) => {
+            assert_eq!(group, "g");
+            assert!(
+                reason.contains("over this group's limit of 1024 bytes"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected ResultNotKept, got {other:?}"),
+    }
+    // Nothing of the result reached Redis: the status hash stays small.
+    let keys = env.keys().await;
+    for k in keys.iter().filter(|k| k.contains(":status:")) {
+        let len: u64 = env
+            .bus
+            .redis()
+            .custom(
+                fred::types::CustomCommand::new_static("MEMORY", None, false),
+                vec!["USAGE", k.as_str()],
+            )
+            .await
+            .expect("MEMORY USAGE");
+        assert!(len < 4096, "{k} uses {len} bytes");
+    }
+    w.shutdown().await.expect("shutdown");
+}

@@ -55,6 +55,8 @@ struct Meta {
     event_id: String,
     /// The handler's encoded return value, when the group keeps results.
     result: Option<Vec<u8>>,
+    /// Why a result was not kept (it was over the group's limit).
+    result_dropped: Option<String>,
     span: Option<tracing::Span>,
 }
 
@@ -209,7 +211,19 @@ async fn attempt_outcome(
             )
         }
         Some(Ok(Dispatched::Done(Ok(output)))) => {
-            meta.result = output.result;
+            match output.result {
+                Some(r) if r.len() > opts.get_max_result_bytes() => {
+                    let why = format!(
+                        "result of {} bytes is over this group's limit of {} bytes{}",
+                        r.len(),
+                        opts.get_max_result_bytes(),
+                        crate::status::RESULT_NOT_STORED
+                    );
+                    tracing::warn!(entry_id = %id, "{why}");
+                    meta.result_dropped = Some(why);
+                }
+                r => meta.result = r,
+            }
             Outcome::Ack
         }
         Some(Ok(Dispatched::Undecodable(error))) => Outcome::DeadLetter {
@@ -270,7 +284,7 @@ impl Settle<'_> {
                     &meta.event_id,
                     State::Succeeded,
                     attempt,
-                    None,
+                    meta.result_dropped.as_deref(),
                     meta.result.as_deref(),
                 )
                 .await;
