@@ -14,7 +14,9 @@
 //!   group drop <stream> <group> [--yes] [--dry-run]
 //!                                             remove a group with its dead letters and records
 //!   status <stream> <event-id>                per-group status of an event (groups that track status)
-//!   trim <stream> [--min-age-secs S] [--min-count N]   safe trim now
+//!   trim (<stream> | --all) [--min-age-secs S] [--min-count N]
+//!        [--without-groups-max-age-secs S | --keep-without-groups]
+//!                                             safe trim now, in bounded steps
 //! ```
 //! `REDIS_URL` and `STREAMBUS_PREFIX` set the defaults of `--url` and `--prefix`. `--all` asks
 //! first (or needs `--yes` without a terminal); an unknown stream or group is an error; text from
@@ -75,15 +77,27 @@ enum Command {
     },
     /// Per-group status of an event (for groups that track status).
     Status { stream: String, event_id: String },
-    /// Trim a stream now: only entries every group has delivered and acknowledged.
+    /// Trim a stream now (or every stream with --all): only entries every group has delivered
+    /// and acknowledged; in a stream without groups, entries older than
+    /// --without-groups-max-age-secs.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["stream", "all"])))]
     Trim {
-        stream: String,
+        stream: Option<String>,
+        /// Every stream under the prefix, including streams nobody subscribes to.
+        #[arg(long)]
+        all: bool,
         /// Keep entries younger than this.
         #[arg(long, default_value_t = 0)]
         min_age_secs: u64,
         /// Keep at least this many newest entries.
         #[arg(long, default_value_t = 0)]
         min_count: u64,
+        /// In a stream without groups, remove entries older than this (default 7 days).
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        without_groups_max_age_secs: u64,
+        /// Keep every entry of a stream without groups.
+        #[arg(long, conflicts_with = "without_groups_max_age_secs")]
+        keep_without_groups: bool,
     },
 }
 
@@ -516,23 +530,41 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Command::Trim {
             stream,
+            all,
             min_age_secs,
             min_count,
+            without_groups_max_age_secs,
+            keep_without_groups,
         } => {
-            check_stream(&bus, &stream).await?;
-            let removed = bus
-                .trim(
-                    &stream,
-                    Retention {
-                        min_age: Duration::from_secs(min_age_secs),
-                        min_count,
-                    },
-                )
-                .await?;
+            let retention = Retention {
+                min_age: Duration::from_secs(min_age_secs),
+                min_count,
+                without_groups: (!keep_without_groups)
+                    .then(|| Duration::from_secs(without_groups_max_age_secs)),
+            };
+            let trimmed = match stream {
+                Some(stream) if !all => {
+                    check_stream(&bus, &stream).await?;
+                    let removed = bus.trim(&stream, retention).await?;
+                    vec![(stream, removed)]
+                }
+                _ => bus.trim_all(retention).await?,
+            };
+            let total: u64 = trimmed.iter().map(|(_, n)| n).sum();
+            let per_stream: Vec<_> = trimmed
+                .iter()
+                .map(|(s, n)| serde_json::json!({"stream": s, "removed": n}))
+                .collect();
+            let text = trimmed
+                .iter()
+                .map(|(s, n)| format!("{}: removed {n} entries", printable(s)))
+                .chain(all.then(|| format!("removed {total} entries in total")))
+                .collect::<Vec<_>>()
+                .join("\n");
             report(
                 json,
-                serde_json::json!({"stream": stream, "removed": removed}),
-                format!("removed {removed} entries"),
+                serde_json::json!({"streams": per_stream, "removed": total}),
+                text,
             );
         }
     }

@@ -281,3 +281,52 @@ async fn the_cli_speaks_tls_with_a_private_ca_and_a_client_certificate() {
     ]);
     assert!(ok, "{out}");
 }
+
+/// `trim --all` reaches streams nobody subscribes to: entries older than the group-less max age
+/// go, a stream with a group keeps what its group needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_all_bounds_streams_nobody_subscribes_to() {
+    use fred::prelude::*;
+    let env = TestEnv::new("cli-trimall").await;
+    let audit = env.bus.stream_key("audit").expect("key");
+    let orders = env.bus.stream_key("orders").expect("key");
+    // Entries from two hours ago in both streams; "orders" has a group that read nothing.
+    let old = integration_tests::support::redis_now_ms(&env.bus).await - 2 * 3600 * 1000;
+    for key in [&audit, &orders] {
+        for seq in 1..=3 {
+            let _: String = env
+                .bus
+                .redis()
+                .xadd(
+                    key.as_str(),
+                    false,
+                    None,
+                    format!("{old}-{seq}"),
+                    ("f", "v"),
+                )
+                .await
+                .expect("XADD");
+        }
+    }
+    integration_tests::support::create_group(&env.bus, "orders", "billing").await;
+    let (ok, out) = cli(&env, &["trim"]);
+    assert!(!ok && out.contains("--all"), "{out}");
+    let (ok, out) = cli(
+        &env,
+        &[
+            "--json",
+            "trim",
+            "--all",
+            "--without-groups-max-age-secs",
+            "3600",
+        ],
+    );
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["removed"], 3, "{v}");
+    assert_eq!(v["streams"][0]["stream"], "audit", "{v}");
+    let left: u64 = env.bus.redis().xlen(audit.as_str()).await.expect("XLEN");
+    assert_eq!(left, 0);
+    let left: u64 = env.bus.redis().xlen(orders.as_str()).await.expect("XLEN");
+    assert_eq!(left, 3);
+}

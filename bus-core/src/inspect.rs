@@ -60,16 +60,19 @@ fn field(map: &HashMap<String, Value>, name: &str) -> Option<u64> {
 }
 
 impl Bus {
-    /// The streams under this bus's prefix (by their normal-lane key).
+    /// The streams under this bus's prefix: every stream with an entry or a group in any lane.
     pub async fn streams(&self) -> Result<Vec<String>> {
         let head = format!("{}:{{", self.prefix());
-        let pattern = format!("{}*}}:stream", crate::redis::escape_glob(&head));
+        let pattern = format!("{}*}}:stream*", crate::redis::escape_glob(&head));
         let keys = crate::redis::scan_keys(&self.inner.client, &pattern).await?;
         let mut out: Vec<String> = keys
             .iter()
             .filter_map(|k| {
-                k.strip_prefix(&head)
-                    .and_then(|r| r.strip_suffix("}:stream"))
+                let r = k.strip_prefix(&head)?;
+                let name = ["}:stream", "}:stream:high", "}:stream:low"]
+                    .iter()
+                    .find_map(|suffix| r.strip_suffix(suffix))?;
+                (!name.contains(['{', '}'])).then_some(name)
             })
             .map(str::to_owned)
             .collect();

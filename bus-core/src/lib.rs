@@ -127,7 +127,7 @@ pub use subscriber::{
 };
 #[cfg(feature = "tls")]
 pub use tls::TlsOptions;
-pub use trim::Retention;
+pub use trim::{Retention, TRIM_BATCH};
 pub use worker::{default_consumer_name, Worker, WorkerHandle};
 
 #[cfg(feature = "macros")]

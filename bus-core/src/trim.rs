@@ -1,11 +1,20 @@
-//! Safe stream trimming: trim each stream to the oldest entry some group still needs.
+//! Safe stream trimming: trim each stream to the oldest entry some group still needs, in bounded
+//! steps.
 //!
 //! Per group, the oldest entry it needs is the smaller of the entry after its last-delivered id
 //! (undelivered entries) and its oldest pending id (delivered, not acknowledged). The stream is
-//! trimmed with `XTRIM MINID` to the smallest of those over all groups, in one script, so no
-//! delivery or claim interleaves. A stream without groups is never trimmed.
-//! Optional retention keeps entries younger than a minimum age and at least a minimum count, for
-//! late-joining groups and replays.
+//! trimmed to the smallest of those over all groups (the *cut*), never below what the
+//! [`Retention`] keeps. A stream without groups keeps entries younger than
+//! [`Retention::without_groups`] (7 days by default), so a stream nobody subscribes to cannot
+//! grow forever.
+//!
+//! Redis must never be blocked by trimming, however long the backlog. Each step is one script
+//! whose work is bounded: it reads the groups' positions (`XINFO GROUPS`, one `XPENDING` summary
+//! per group), then removes whole stream nodes below the cut (`XTRIM MINID ~ … LIMIT`, at most
+//! [`TRIM_BATCH`] entries), or, once only the node straddling the cut is left, the entries of that
+//! node below the cut (`XRANGE … COUNT 100`, then an exact `XTRIM MAXLEN`). The minimum count is
+//! kept by never removing more than `XLEN - min_count` entries in a step, so nothing walks the
+//! backlog to find the cut point. [`Bus::trim`] repeats steps until one removes nothing.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -19,19 +28,39 @@ use crate::error::Result;
 use crate::redis;
 
 /// What to keep beyond what the groups still need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
-    /// Keep entries younger than this (by their id's time, Redis clock).
+    /// Keep entries younger than this (by their id's time, Redis clock). Default 0.
     pub min_age: Duration,
-    /// Keep at least this many newest entries.
+    /// Keep at least this many newest entries. Default 0.
     pub min_count: u64,
+    /// For a stream (lane) that has no consumer group: remove entries older than this; `None`
+    /// keeps them all. Default 7 days. `min_age` and `min_count` apply as well.
+    pub without_groups: Option<Duration>,
 }
 
-/// KEYS: stream. ARGV: min age ms, min count. Returns how many entries were removed.
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            min_age: Duration::ZERO,
+            min_count: 0,
+            without_groups: Some(Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
+}
+
+/// Most entries one trim step removes as whole stream nodes.
+pub const TRIM_BATCH: u64 = 10_000;
+
+/// Most entries one trim step reads to cut inside the node that straddles the cut point.
+const EXACT_STEP: u64 = 100;
+
+/// One bounded trim step. KEYS: stream. ARGV: min age ms, min count, max age ms of a stream
+/// without groups (-1 = keep), batch, exact step. Returns how many entries were removed.
 const TRIM_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
-if #groups == 0 then return 0 end
+local len = redis.call('XLEN', KEYS[1])
+local budget = len - tonumber(ARGV[2])
+if budget <= 0 then return 0 end
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -39,7 +68,17 @@ end
 local function less(ams, aseq, bms, bseq)
   return ams < bms or (ams == bms and aseq < bseq)
 end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
 local tms, tseq = nil, nil
+if #groups == 0 then
+  local max_age = tonumber(ARGV[3])
+  if max_age < 0 then return 0 end
+  tms, tseq = now_ms() - max_age, 0
+end
 for _, g in ipairs(groups) do
   local name, last, pending
   for j = 1, #g, 2 do
@@ -60,19 +99,25 @@ for _, g in ipairs(groups) do
 end
 local min_age = tonumber(ARGV[1])
 if min_age > 0 then
-  local t = redis.call('TIME')
-  local keep_from = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - min_age
+  local keep_from = now_ms() - min_age
   if less(keep_from, 0, tms, tseq) then tms, tseq = keep_from, 0 end
 end
-local min_count = tonumber(ARGV[2])
-if min_count > 0 then
-  local r = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', min_count)
-  if #r < min_count then return 0 end
-  local rms, rseq = parse(r[#r][1])
-  if less(rms, rseq, tms, tseq) then tms, tseq = rms, rseq end
-end
 if tms <= 0 and tseq <= 1 then return 0 end
-return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', tms, tseq))
+local limit = math.min(budget, tonumber(ARGV[4]))
+local cut = string.format('%d-%d', tms, tseq)
+local removed = redis.call('XTRIM', KEYS[1], 'MINID', '~', cut, 'LIMIT', limit)
+if removed > 0 then return removed end
+-- Only the oldest node straddles the cut (or it holds more than the budget): remove its
+-- entries below the cut, reading no more than the exact step.
+local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', math.min(limit, tonumber(ARGV[5])))
+local k = 0
+for _, e in ipairs(head) do
+  local ms, seq = parse(e[1])
+  if not less(ms, seq, tms, tseq) then break end
+  k = k + 1
+end
+if k == 0 then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MAXLEN', len - k)
 "#;
 
 fn trim_script() -> &'static Script {
@@ -85,24 +130,82 @@ impl Bus {
     /// acknowledged, keeping what `retention` asks for. Returns how many entries were removed.
     /// Workers do this periodically on their own (see [`Worker::trim_every`](crate::Worker::trim_every)).
     /// Each priority lane is trimmed on its own (retention applies per lane).
+    ///
+    /// Works in bounded steps (at most [`TRIM_BATCH`] entries each, none of which walks the
+    /// backlog), so other clients are served between steps however long the stream is.
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: bus_core::Bus) -> bus_core::Result<()> {
+    /// use std::time::Duration;
+    /// let keep = bus_core::Retention {
+    ///     min_count: 1_000,
+    ///     ..bus_core::Retention::default()
+    /// };
+    /// let removed = bus.trim("orders", keep).await?;
+    /// println!("removed {removed} acknowledged entries");
+    /// # Ok(()) }
+    /// ```
     pub async fn trim(&self, stream: &str, retention: Retention) -> Result<u64> {
         crate::names::validate_name("stream", stream)?;
         let keys = self.keys(stream);
+        let without_groups = retention
+            .without_groups
+            .map_or(-1, |d| d.as_millis().min(i64::MAX as u128) as i64);
         let mut removed = 0;
         for p in crate::Priority::ALL {
-            let r = redis::eval(
-                trim_script(),
-                &self.inner.client,
-                vec![keys.lane(p)],
-                vec![
-                    Value::from(retention.min_age.as_millis() as i64),
-                    Value::from(retention.min_count as i64),
-                ],
-            )
-            .await?;
-            removed += r.as_u64().unwrap_or(0);
+            loop {
+                let r = redis::eval(
+                    trim_script(),
+                    &self.inner.client,
+                    vec![keys.lane(p)],
+                    vec![
+                        Value::from(retention.min_age.as_millis().min(i64::MAX as u128) as i64),
+                        Value::from(retention.min_count.min(i64::MAX as u64) as i64),
+                        Value::from(without_groups),
+                        Value::from(TRIM_BATCH as i64),
+                        Value::from(EXACT_STEP as i64),
+                    ],
+                )
+                .await?;
+                match r.as_u64() {
+                    Some(n) if n > 0 => removed += n,
+                    _ => break,
+                }
+            }
         }
         Ok(removed)
+    }
+
+    /// Trims every stream under the bus's prefix (see [`Bus::trim`]), including streams no
+    /// worker subscribes to, which only [`Retention::without_groups`] bounds. Returns how many
+    /// entries were removed per stream that lost any.
+    pub async fn trim_all(&self, retention: Retention) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for stream in self.streams().await? {
+            let n = self.trim(&stream, retention).await?;
+            if n > 0 {
+                out.push((stream, n));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs `step` every `interval` until `stop`.
+async fn every<F, Fut>(interval: Duration, mut stop: watch::Receiver<bool>, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        step().await;
     }
 }
 
@@ -112,20 +215,34 @@ pub(crate) async fn trim_loop(
     stream: &'static str,
     interval: Duration,
     retention: Retention,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => {}
-        }
-        if *stop.borrow() {
-            return;
-        }
+    every(interval, stop, || async {
         match bus.trim(stream, retention).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(stream, removed = n, "trimmed acknowledged entries"),
             Err(e) => tracing::warn!(stream, error = %e, "trimming failed"),
         }
-    }
+    })
+    .await
+}
+
+/// Trims every stream under the prefix every `interval` until `stop`.
+pub(crate) async fn trim_all_loop(
+    bus: Bus,
+    interval: Duration,
+    retention: Retention,
+    stop: watch::Receiver<bool>,
+) {
+    every(interval, stop, || async {
+        match bus.trim_all(retention).await {
+            Ok(trimmed) => {
+                for (stream, n) in trimmed {
+                    tracing::debug!(stream, removed = n, "trimmed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "trimming every stream failed"),
+        }
+    })
+    .await
 }

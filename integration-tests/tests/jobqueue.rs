@@ -286,8 +286,8 @@ async fn a_stream_whose_groups_keep_up_stays_bounded_with_optional_retention() {
         .worker()
         .trim_every(Some(Duration::from_millis(50)))
         .retention(bus_core::Retention {
-            min_age: Duration::ZERO,
             min_count: 25,
+            ..bus_core::Retention::default()
         })
         .subscribe(job_recorder("a", &a))
         .subscribe(job_recorder("b", &b))

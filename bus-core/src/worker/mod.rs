@@ -90,6 +90,7 @@ pub(crate) struct WorkerSettings {
     pub(crate) mover_interval: Duration,
     pub(crate) trim_interval: Option<Duration>,
     pub(crate) retention: crate::trim::Retention,
+    pub(crate) trim_all_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -137,6 +138,7 @@ impl Worker {
                 mover_interval: Duration::from_millis(500),
                 trim_interval: Some(Duration::from_secs(30)),
                 retention: crate::trim::Retention::default(),
+                trim_all_interval: None,
             },
         }
     }
@@ -205,7 +207,18 @@ impl Worker {
         self
     }
 
-    /// What trimming keeps beyond what the groups still need (default: nothing).
+    /// Also trims, every `interval`, the streams under the prefix this worker does not subscribe
+    /// to (default: off). Streams that only get published to have no group, so nothing else
+    /// bounds them; their entries older than [`Retention::without_groups`](crate::Retention::without_groups)
+    /// go. One service enabling this is enough; `streambus trim --all` from a scheduler does the
+    /// same.
+    #[must_use]
+    pub fn trim_all_streams(mut self, interval: Option<Duration>) -> Self {
+        self.settings.trim_all_interval = interval.map(|d| d.max(Duration::from_millis(10)));
+        self
+    }
+
+    /// What trimming keeps beyond what the groups still need (default: see [`Retention`](crate::Retention)).
     #[must_use]
     pub fn retention(mut self, retention: crate::trim::Retention) -> Self {
         self.settings.retention = retention;
@@ -296,6 +309,14 @@ impl Worker {
                     stop_rx.clone(),
                 ))
             }));
+        }
+        if let Some(every) = self.settings.trim_all_interval {
+            movers.push(tokio::spawn(crate::trim::trim_all_loop(
+                self.bus.clone(),
+                every,
+                self.settings.retention,
+                stop_rx.clone(),
+            )));
         }
         let mut running = Vec::with_capacity(subs.len());
         for rt in subs {
