@@ -144,10 +144,12 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::subscriber::{
-        Context, HandlerResult, IntoHandlerResult, Subscriber, SubscriberOptions,
+        Context, HandlerResult, IntoHandlerResult, StartFrom, Subscriber, SubscriberOptions,
+        UnknownTypes,
     };
     pub use crate::Event;
     pub use futures::future::BoxFuture;
+    pub use serde::{de::DeserializeOwned, Serialize};
     pub use std::boxed::Box;
     pub use std::time::Duration;
 }

@@ -49,30 +49,20 @@ impl Priority {
 }
 
 /// Longest accepted stream, group or prefix name, in bytes.
-pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_NAME_LEN: usize = bus_names::MAX_NAME_LEN;
 
 /// Checks a stream, group or prefix name: non-empty, at most [`MAX_NAME_LEN`] bytes, and no `{`,
 /// `}`, whitespace or control characters.
+///
+/// The rules live in the `bus-names` crate, which `bus-macros` uses for the same check at compile
+/// time.
 ///
 /// ```
 /// assert!(bus_core::validate_name("stream", "orders").is_ok());
 /// assert!(bus_core::validate_name("group", "bill ing").is_err());
 /// ```
 pub fn validate_name(kind: &'static str, name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        Some("must not be empty")
-    } else if name.len() > MAX_NAME_LEN {
-        Some("must be at most 128 bytes long")
-    } else if name.contains(['{', '}']) {
-        Some("must not contain '{' or '}'")
-    } else if name.chars().any(char::is_whitespace) {
-        Some("must not contain whitespace")
-    } else if name.chars().any(char::is_control) {
-        Some("must not contain control characters")
-    } else {
-        None
-    };
-    match reason {
+    match bus_names::name_error(name) {
         Some(reason) => Err(Error::InvalidName {
             kind,
             name: name.to_owned(),

@@ -1,0 +1,17 @@
+use bus_core::{subscriber, Context, Event, HandlerError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Event)]
+#[event(stream = "orders")]
+struct OrderPlaced {
+    id: u64,
+}
+
+#[subscriber(group = "billing")]
+async fn charge(e: OrderPlaced, _ctx: &Context) -> u64 {
+    e.id
+}
+
+fn main() {
+    let _ = HandlerError::reject("unused");
+}
