@@ -1,4 +1,4 @@
-//! Shared pieces of the Streambus load generator (`src/bin/loadgen.rs`) and the codec
+//! Shared pieces of the Streambus load generator (`src/bin/loadgen/`) and the codec
 //! micro-benchmarks (`benches/codec.rs`): the load event, a monotonic clock for latencies, peak-RSS
 //! reading, latency summaries and the hand-written fred loops that give the raw ceilings.
 

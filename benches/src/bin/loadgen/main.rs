@@ -1,0 +1,323 @@
+//! Streambus load generator: throughput, drain, fan-out, retry and latency workloads against a real
+//! Redis, next to raw fred ceilings measured in the same run with the same entries.
+//!
+//! ```text
+//! cargo run --release -p benches --bin loadgen -- [--json] [--events N] [--latency-secs S]
+//!     [--rate R] [--repeat K] [--concurrency C] [--only LIST] [--big]
+//! ```
+//!
+//! - `REDIS_URL` (default `redis://127.0.0.1:6379`).
+//! - `--events N`: events per workload (default 100 000).
+//! - `--latency-secs S` / `--rate R`: the latency workloads publish R events/s for S s (2 000, 10).
+//! - `--repeat K`: throughput workloads run K times; the median is reported with the range
+//!   (default 3).
+//! - `--concurrency C`: handler concurrency of every subscriber (default 32).
+//! - `--only LIST`: comma-separated subset of `drain,fanout,retry,publish,latency,raw,rb,big`
+//!   (for profiling one workload); skipped metrics are `null`.
+//! - `--big`: also drain a 1 000 000-event backlog and report the RSS peak of that phase.
+//! - `--json`: end with one JSON line of every metric.
+//!
+//! `--events`, `--latency-secs`, `--rate`, `--repeat` and `--concurrency` must be at least 1.
+//! `--help` prints the same list.
+//!
+//! Every key lives under a unique prefix (`loadgen-<random>-<workload>`) and is deleted at the
+//! end, also on error or Ctrl-C.
+//!
+//! Modules: this file has the command line and runs the phases in order; `harness` the run
+//! (prefix, buses, clean-up), the raw side and the shared publish/drain helpers; `stats` the
+//! samples of repeated metrics; `workloads` one module per phase; `report` the table and the JSON
+//! line.
+
+mod harness;
+mod report;
+mod stats;
+mod workloads;
+
+use std::time::Instant;
+
+use benches::BoxResult;
+use bus_core::testing::unique_prefix;
+use clap::Parser;
+
+use crate::harness::{progress, redis_version, Run};
+use crate::report::Report;
+
+/// The workloads `--only` accepts.
+const WORKLOADS: [&str; 8] = [
+    "drain", "fanout", "retry", "publish", "latency", "raw", "rb", "big",
+];
+
+/// The command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "loadgen",
+    about = "Streambus load generator: throughput, drain, fan-out, retry and latency workloads \
+             against a real Redis, next to raw fred ceilings measured in the same run with the \
+             same entries.",
+    after_help = "REDIS_URL: the Redis to load (default redis://127.0.0.1:6379). Every key lives \
+                  under a unique prefix (loadgen-<random>-<workload>) and is deleted at the end, \
+                  also on error or Ctrl-C.",
+    // As before clap: a flag given twice takes its last value.
+    args_override_self = true
+)]
+struct Args {
+    /// End with one JSON line of every metric.
+    #[arg(long)]
+    json: bool,
+
+    /// Events per workload.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100_000,
+        value_parser = at_least_one::<u64>
+    )]
+    events: u64,
+
+    /// The latency workloads publish --rate events/s for this many seconds.
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 10,
+        value_parser = at_least_one::<u64>
+    )]
+    latency_secs: u64,
+
+    /// Events per second the latency workloads publish.
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 2_000,
+        value_parser = at_least_one::<u64>
+    )]
+    rate: u64,
+
+    /// Throughput workloads run K times; the median is reported with the range.
+    #[arg(
+        long,
+        value_name = "K",
+        default_value_t = 3,
+        value_parser = at_least_one::<usize>
+    )]
+    repeat: usize,
+
+    /// Handler concurrency of every subscriber.
+    #[arg(
+        long,
+        value_name = "C",
+        default_value_t = 32,
+        value_parser = at_least_one::<usize>
+    )]
+    concurrency: usize,
+
+    /// Comma-separated subset of drain,fanout,retry,publish,latency,raw,rb,big (for profiling one
+    /// workload); skipped metrics are null.
+    #[arg(long, value_name = "LIST", value_parser = parse_only)]
+    only: Option<Only>,
+
+    /// Also drain a 1 000 000-event backlog and report the RSS peak of that phase.
+    #[arg(long)]
+    big: bool,
+}
+
+/// A count flag: a whole number of at least 1.
+fn at_least_one<T>(value: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + Default + PartialEq,
+    T::Err: std::fmt::Display,
+{
+    let n: T = value.parse().map_err(|e: T::Err| e.to_string())?;
+    if n == T::default() {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
+}
+
+/// The workloads named by `--only`.
+#[derive(Debug, Clone)]
+struct Only(Vec<String>);
+
+/// `--only`: comma-separated names from [`WORKLOADS`], blanks around them and empty items ignored.
+fn parse_only(value: &str) -> Result<Only, String> {
+    let list: Vec<String> = value
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(bad) = list.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+        return Err(format!(
+            "unknown workload {bad:?}; known: {}",
+            WORKLOADS.join(",")
+        ));
+    }
+    Ok(Only(list))
+}
+
+impl Args {
+    /// The command line of this process (exits with clap's message on a bad one).
+    fn from_cli() -> Self {
+        let mut args = Args::parse();
+        args.big |= args.only_has("big");
+        args
+    }
+
+    fn only_has(&self, workload: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_some_and(|Only(list)| list.iter().any(|w| w == workload))
+    }
+
+    fn wants(&self, workload: &str) -> bool {
+        match &self.only {
+            Some(_) => self.only_has(workload),
+            None => workload != "big" || self.big,
+        }
+    }
+}
+
+async fn run_all(args: &Args, run: &mut Run, report: &mut Report) -> BoxResult<()> {
+    report.events = args.events;
+    report.repeat = args.repeat;
+    report.concurrency = args.concurrency;
+    // Consume side first, so the peak RSS read after it reflects the workers.
+    if args.wants("drain") || args.wants("raw") {
+        workloads::drain::phase_drain(args, run, report).await?;
+    }
+    if args.wants("fanout") {
+        workloads::fanout::phase_fanout(args, run, report).await?;
+    }
+    if args.wants("retry") {
+        workloads::retry::phase_retry(args, run, report).await?;
+    }
+    if args.wants("drain") || args.wants("fanout") || args.wants("retry") {
+        report.worker_peak_rss_mib = benches::peak_rss_mib();
+    }
+    if args.wants("publish") || args.wants("raw") {
+        workloads::publish::phase_publish(args, run, report).await?;
+    }
+    if args.wants("rb") {
+        workloads::rb::phase_rb(run, report).await?;
+    }
+    if args.wants("latency") || args.wants("raw") {
+        workloads::latency::phase_latency(args, run, report).await?;
+    }
+    if args.wants("big") {
+        workloads::big::phase_big(args, run, report).await?;
+    }
+    report.process_peak_rss_mib = benches::peak_rss_mib();
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> BoxResult<()> {
+    let _ = benches::now_ns(); // fix the monotonic base
+    let args = Args::from_cli();
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut run = Run::new(url, unique_prefix("loadgen"));
+    progress(&format!("prefix {}-*, {} events", run.base(), args.events));
+    let mut report = Report::default();
+    let started = Instant::now();
+    let outcome = {
+        let probe = run.bus("probe").await?;
+        report.redis_version = redis_version(&probe).await;
+        tokio::select! {
+            r = run_all(&args, &mut run, &mut report) => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+        }
+    };
+    let deleted = run.cleanup().await;
+    benches::report_cleanup("loadgen", &deleted, started);
+    outcome?;
+    deleted?;
+    report.ratios();
+    report::print_table(&report);
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        let mut args =
+            Args::try_parse_from(std::iter::once("loadgen").chain(argv.iter().copied()))?;
+        args.big |= args.only_has("big");
+        Ok(args)
+    }
+
+    #[test]
+    fn command_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse(&[]).expect("no flags");
+        assert!(!a.json && !a.big && a.only.is_none());
+        assert_eq!(
+            (a.events, a.latency_secs, a.rate, a.repeat, a.concurrency),
+            (100_000, 10, 2_000, 3, 32)
+        );
+        assert!(WORKLOADS.iter().all(|w| a.wants(w) == (*w != "big")));
+    }
+
+    #[test]
+    fn flags() {
+        let a = parse(&[
+            "--json",
+            "--events",
+            "5",
+            "--latency-secs",
+            "2",
+            "--rate",
+            "7",
+            "--repeat",
+            "1",
+            "--concurrency",
+            "8",
+            "--big",
+        ])
+        .expect("valid flags");
+        assert!(a.json && a.big);
+        assert_eq!(
+            (a.events, a.latency_secs, a.rate, a.repeat, a.concurrency),
+            (5, 2, 7, 1, 8)
+        );
+        assert!(WORKLOADS.iter().all(|w| a.wants(w)));
+        // The last of a repeated flag wins.
+        assert_eq!(
+            parse(&["--events", "1", "--events", "2"])
+                .map(|a| a.events)
+                .ok(),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn only() {
+        let a = parse(&["--only", " drain, raw ,"]).expect("valid list");
+        assert!(a.wants("drain") && a.wants("raw") && !a.wants("fanout") && !a.big);
+        let a = parse(&["--only", "big"]).expect("valid list");
+        assert!(a.big && a.wants("big") && !a.wants("drain"));
+        assert!(parse(&["--only", "drain,nope"]).is_err());
+    }
+
+    #[test]
+    fn zero_and_unknown_are_refused() {
+        for flag in [
+            "--events",
+            "--latency-secs",
+            "--rate",
+            "--repeat",
+            "--concurrency",
+        ] {
+            assert!(parse(&[flag, "0"]).is_err(), "{flag} 0");
+        }
+        assert!(parse(&["--bogus"]).is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! W2 (one worker, one group draining a backlog, with and without read-ahead) and the raw drain
+//! ceilings.
+
+use benches::raw;
+use benches::{BoxResult, CpuMeter};
+use bus_core::testing::delete_prefix;
+
+use crate::harness::{backlog, drain_with_worker, progress, RawSide, Run};
+use crate::report::Report;
+use crate::stats::{Samples, Series};
+use crate::Args;
+
+/// `COUNT` of the unbounded raw drains.
+pub(crate) const RAW_DRAIN_COUNTS: [u64; 3] = [32, 256, 1_000];
+/// Concurrent reads the bounded raw drain splits its `concurrency` entries into.
+pub(crate) const RAW_BOUNDED_READS: [u64; 3] = [1, 2, 4];
+
+/// W2 (one worker, one group) and the raw drain ceiling, alternating in each repeat so both see
+/// the same machine conditions.
+pub(crate) async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report) -> BoxResult<()> {
+    let (n, k) = (args.events, args.repeat);
+    let bus = if args.wants("drain") {
+        Some(run.bus("drain").await?)
+    } else {
+        None
+    };
+    let raw = if args.wants("raw") {
+        Some(RawSide::new(run, "rawdrain").await?)
+    } else {
+        None
+    };
+    let mut w2 = Series::default();
+    let mut w2b = Series::default();
+    let mut raws: Vec<(u64, Series)> = RAW_DRAIN_COUNTS
+        .iter()
+        .map(|c| (*c, Series::default()))
+        .collect();
+    let mut bounded: Vec<(u64, Series)> = RAW_BOUNDED_READS
+        .iter()
+        .map(|r| (*r, Series::default()))
+        .collect();
+    let c = args.concurrency as u64;
+    let mut paired = Samples::default();
+    for i in 0..k {
+        let mut line = format!("drain {}/{k}:", i + 1);
+        let mut bus_rate = 0.0;
+        if let Some(bus) = &bus {
+            backlog(bus, n).await?;
+            let d = drain_with_worker(bus, n, &["drain"], None, args.concurrency, |o| o).await?;
+            let rate = w2.push(n, d.took, d.cpu);
+            bus_rate = rate;
+            line += &format!(" W2 {rate:.0}/s;");
+            delete_prefix(bus).await?;
+            backlog(bus, n).await?;
+            let ahead = 256usize.saturating_sub(args.concurrency);
+            let d = drain_with_worker(bus, n, &["drain"], None, args.concurrency, |o| {
+                o.prefetch(ahead)
+            })
+            .await?;
+            let rate = w2b.push(n, d.took, d.cpu);
+            line += &format!(" W2 prefetch {rate:.0}/s;");
+            delete_prefix(bus).await?;
+        }
+        if let Some(raw) = &raw {
+            raw::xadd_pipelined(&raw.client, &raw.key, n, 1_000, 4).await?;
+            line += " raw COUNT";
+            let mut raw_best = 0.0_f64;
+            for (count, s) in &mut raws {
+                let meter = CpuMeter::start(&raw.client).await;
+                let took =
+                    raw::drain(&raw.client, &raw.key, &format!("raw{count}"), n, *count).await?;
+                let rate = s.push(n, took, meter.stop(&raw.client).await);
+                raw_best = raw_best.max(rate);
+                line += &format!(" {count}: {rate:.0}/s");
+            }
+            line += &format!("; raw ≤{c} in flight as");
+            for (reads, s) in &mut bounded {
+                let meter = CpuMeter::start(&raw.client).await;
+                let group = format!("rawb{reads}");
+                let took = raw::drain_bounded(&raw.client, &raw.key, &group, n, c, *reads).await?;
+                let rate = s.push(n, took, meter.stop(&raw.client).await);
+                line += &format!(" {reads}×{}: {rate:.0}/s", c / *reads);
+            }
+            raw.clear().await?;
+            if bus_rate > 0.0 && raw_best > 0.0 {
+                paired.push(bus_rate / raw_best);
+            }
+        }
+        progress(&line);
+    }
+    report.drain_ratio_paired = report.record("drain_ratio_paired", &paired);
+    if bus.is_some() {
+        report.drain_per_s = report.record_series("drain", &w2);
+        report.drain_prefetch_per_s = report.record_series("drain_prefetch", &w2b);
+    }
+    if let Some(raw) = raw {
+        for (count, s) in &raws {
+            report.record_series(&format!("raw_drain_count{count}"), s);
+        }
+        report.raw_drain_per_s = report.best("raw_drain_count");
+        for (reads, s) in &bounded {
+            report.record_series(&format!("raw_bounded_{reads}x{}", c / reads), s);
+        }
+        report.raw_drain_bounded_per_s = report.best("raw_bounded_");
+        raw.close().await?;
+    }
+    Ok(())
+}
