@@ -8,11 +8,9 @@
 //! removes them from the set atomically, so any number of concurrent movers never duplicate or
 //! lose an event.
 
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use fred::types::Value;
 use tokio::sync::watch;
 
@@ -33,70 +31,9 @@ pub struct Scheduled {
     pub due_ms: u64,
 }
 
-/// KEYS: delayed set. ARGV: delay ms (or `at:<unix ms>` for an absolute time), member.
-/// Returns the due time.
-const SCHEDULE_LUA: &str = r#"
-local due
-if string.sub(ARGV[1], 1, 3) == 'at:' then
-  due = tonumber(string.sub(ARGV[1], 4))
-else
-  local t = redis.call('TIME')
-  due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-end
-redis.call('ZADD', KEYS[1], due, ARGV[2])
-return due
-"#;
-
-/// KEYS: delayed set, stream, unmovable stream. ARGV: most to move. Moves every member due by
-/// Redis `TIME` into the stream and removes it from the set, in one atomic step. A member that
-/// cannot become an entry (not a field list, too many fields, a value `XADD` refuses) is moved
-/// aside into the unmovable stream with the error instead, so it never blocks the members due
-/// after it. Returns `{moved, moved aside}`.
-const MOVE_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-local moved, aside = 0, 0
-for _, m in ipairs(due) do
-  local err = nil
-  local ok, fields = pcall(cmsgpack.unpack, m)
-  if not ok or type(fields) ~= 'table' or #fields < 2 or #fields % 2 ~= 0 then
-    err = 'not a field list'
-  else
-    local called, r = pcall(function()
-      return redis.pcall('XADD', KEYS[2], '*', unpack(fields))
-    end)
-    if not called then
-      err = tostring(r)
-    elseif type(r) == 'table' and r.err then
-      err = r.err
-    end
-  end
-  if err then
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'reason', 'unmovable', 'error', err,
-      'due', string.format('%d', now), 'member', m)
-    aside = aside + 1
-  else
-    moved = moved + 1
-  end
-  redis.call('ZREM', KEYS[1], m)
-end
-return {moved, aside}
-"#;
-
 /// Most fields a delayed event may have: the mover rebuilds the entry with Lua's `unpack`, which
 /// takes a bounded number of values.
 const MAX_DELAYED_FIELDS: usize = 3000;
-
-fn schedule_script() -> &'static Script {
-    static S: OnceLock<Script> = OnceLock::new();
-    S.get_or_init(|| Script::from_lua(SCHEDULE_LUA))
-}
-
-fn move_script() -> &'static Script {
-    static S: OnceLock<Script> = OnceLock::new();
-    S.get_or_init(|| Script::from_lua(MOVE_LUA))
-}
 
 /// Encodes an entry's fields as a MessagePack array of raw strings. Redis's `cmsgpack` has no
 /// `bin` type, so byte strings go as `str` headers followed by the raw bytes (Lua strings are
@@ -185,7 +122,7 @@ impl Bus {
         let member = encode_member(&p.fields)?;
         let delayed = self.keys(E::STREAM).delayed();
         let due = redis::eval(
-            schedule_script(),
+            redis::schedule_delayed_script(),
             &self.inner.client,
             vec![delayed],
             vec![Value::from(when), Value::Bytes(member.into())],
@@ -223,7 +160,7 @@ pub(crate) async fn mover_loop(
             return;
         }
         let r = redis::eval(
-            move_script(),
+            redis::move_delayed_script(),
             &bus.inner.client,
             script_keys.clone(),
             vec![Value::from(MOVE_BATCH)],

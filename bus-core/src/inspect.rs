@@ -1,15 +1,11 @@
 //! Read-only inspection for operators (the `streambus` CLI uses it): streams, lanes, groups, lag,
 //! pending, dead letters, delayed events.
 
-use std::collections::HashMap;
-
 use fred::prelude::*;
-use fred::types::Value;
 
 use crate::bus::Bus;
 use crate::error::Result;
 use crate::names::{validate_name, Priority};
-use crate::redis::value_string;
 
 /// One consumer group of a stream, summed over the priority lanes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,10 +51,6 @@ pub struct StreamInfo {
     pub groups: Vec<GroupInfo>,
 }
 
-fn field(map: &HashMap<String, Value>, name: &str) -> Option<u64> {
-    map.get(name).and_then(Value::as_u64)
-}
-
 impl Bus {
     /// The streams under this bus's prefix: every stream with an entry or a group in any lane.
     pub async fn streams(&self) -> Result<Vec<String>> {
@@ -92,18 +84,8 @@ impl Bus {
             let key = keys.lane(p);
             let len: u64 = c.xlen(key.as_str()).await?;
             lane_lengths.push((p, len));
-            let infos: Vec<HashMap<String, Value>> = match c.xinfo_groups(key.as_str()).await {
-                Ok(v) => v,
-                Err(e) if e.details().contains("no such key") => Vec::new(),
-                Err(e) => return Err(e.into()),
-            };
-            for g in infos {
-                let Some(name) = g.get("name").cloned().and_then(value_string) else {
-                    continue;
-                };
-                let pending = field(&g, "pending").unwrap_or(0);
-                let lag = field(&g, "lag");
-                let consumers = field(&g, "consumers").unwrap_or(0);
+            for g in crate::redis::groups_of(c, &key).await? {
+                let (name, pending, lag, consumers) = (g.name, g.pending, g.lag, g.consumers);
                 match groups.iter_mut().find(|x| x.name == name) {
                     Some(x) => {
                         x.pending += pending;
@@ -128,16 +110,12 @@ impl Bus {
             g.dead_letters = c.xlen(keys.dead_letter(&g.name)).await?;
             let mut active = std::collections::HashSet::new();
             for p in Priority::ALL {
-                let consumers: Vec<HashMap<String, Value>> = c
-                    .xinfo_consumers(keys.lane(p).as_str(), g.name.as_str())
+                let consumers = crate::redis::consumers_of(c, &keys.lane(p), &g.name)
                     .await
                     .unwrap_or_default();
                 for consumer in consumers {
-                    let idle = field(&consumer, "idle").unwrap_or(u64::MAX);
-                    if idle < STALE_AFTER.as_millis() as u64 {
-                        if let Some(name) = consumer.get("name").cloned().and_then(value_string) {
-                            active.insert(name);
-                        }
+                    if consumer.idle_ms < STALE_AFTER.as_millis() as u64 {
+                        active.insert(consumer.name);
                     }
                 }
             }

@@ -16,14 +16,12 @@
 //! waiters do not leak subscriptions.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How the status error of a succeeded event whose result was too large to keep ends.
 pub(crate) const RESULT_NOT_STORED: &str = "; not stored";
 
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use fred::types::Value;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
@@ -112,41 +110,6 @@ impl GroupStatus {
     }
 }
 
-/// KEYS: status hash. ARGV: group, state, attempts, error ('' = keep), result ('' = none),
-/// safety ttl ms, channel ('' = no announcement), completion ttl ms. When every group recorded in
-/// the hash is done, the TTL becomes the completion TTL; otherwise it is raised to at least the
-/// safety TTL. Returns 0 when the group already succeeded.
-const STATUS_LUA: &str = r#"
-local g = ARGV[1]
-if redis.call('HGET', KEYS[1], g .. ':state') == 'succeeded' then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], g .. ':state', ARGV[2], g .. ':attempts', ARGV[3],
-  g .. ':updated_at', string.format('%d', now))
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], g .. ':error', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], g .. ':result', ARGV[5]) end
-local ttl = tonumber(ARGV[6])
-local all_done = true
-local h = redis.call('HGETALL', KEYS[1])
-for i = 1, #h - 1, 2 do
-  if string.sub(h[i], -6) == ':state' and h[i + 1] ~= 'succeeded' and h[i + 1] ~= 'dead' then
-    all_done = false
-  end
-end
-if all_done then
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[8]))
-elseif redis.call('PTTL', KEYS[1]) < ttl then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-end
-if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], g) end
-return 1
-"#;
-
-fn status_script() -> &'static Script {
-    static S: OnceLock<Script> = OnceLock::new();
-    S.get_or_init(|| Script::from_lua(STATUS_LUA))
-}
-
 /// A status write, as the worker makes them.
 pub(crate) struct StatusWrite<'a> {
     pub(crate) state: State,
@@ -174,7 +137,7 @@ pub(crate) async fn write(
 ) -> Result<()> {
     let terminal = w.state.is_terminal();
     redis::eval(
-        status_script(),
+        redis::write_status_script(),
         &bus.inner.client,
         vec![status_key(bus, stream, event_id)],
         vec![

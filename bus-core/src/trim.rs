@@ -16,10 +16,8 @@
 //! kept by never removing more than `XLEN - min_count` entries in a step, so nothing walks the
 //! backlog to find the cut point. [`Bus::trim`] repeats steps until one removes nothing.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use fred::types::scripts::Script;
 use fred::types::Value;
 use tokio::sync::watch;
 
@@ -55,76 +53,6 @@ pub const TRIM_BATCH: u64 = 10_000;
 /// Most entries one trim step reads to cut inside the node that straddles the cut point.
 const EXACT_STEP: u64 = 100;
 
-/// One bounded trim step. KEYS: stream. ARGV: min age ms, min count, max age ms of a stream
-/// without groups (-1 = keep), batch, exact step. Returns how many entries were removed.
-const TRIM_LUA: &str = r#"
-local len = redis.call('XLEN', KEYS[1])
-local budget = len - tonumber(ARGV[2])
-if budget <= 0 then return 0 end
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-local function less(ams, aseq, bms, bseq)
-  return ams < bms or (ams == bms and aseq < bseq)
-end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
-local tms, tseq = nil, nil
-if #groups == 0 then
-  local max_age = tonumber(ARGV[3])
-  if max_age < 0 then return 0 end
-  tms, tseq = now_ms() - max_age, 0
-end
-for _, g in ipairs(groups) do
-  local name, last, pending
-  for j = 1, #g, 2 do
-    if g[j] == 'name' then name = g[j + 1]
-    elseif g[j] == 'last-delivered-id' then last = g[j + 1]
-    elseif g[j] == 'pending' then pending = g[j + 1] end
-  end
-  local fms, fseq = parse(last)
-  fseq = fseq + 1
-  if pending and pending > 0 then
-    local s = redis.call('XPENDING', KEYS[1], name)
-    if s[2] then
-      local pms, pseq = parse(s[2])
-      if less(pms, pseq, fms, fseq) then fms, fseq = pms, pseq end
-    end
-  end
-  if tms == nil or less(fms, fseq, tms, tseq) then tms, tseq = fms, fseq end
-end
-local min_age = tonumber(ARGV[1])
-if min_age > 0 then
-  local keep_from = now_ms() - min_age
-  if less(keep_from, 0, tms, tseq) then tms, tseq = keep_from, 0 end
-end
-if tms <= 0 and tseq <= 1 then return 0 end
-local limit = math.min(budget, tonumber(ARGV[4]))
-local cut = string.format('%d-%d', tms, tseq)
-local removed = redis.call('XTRIM', KEYS[1], 'MINID', '~', cut, 'LIMIT', limit)
-if removed > 0 then return removed end
--- Only the oldest node straddles the cut (or it holds more than the budget): remove its
--- entries below the cut, reading no more than the exact step.
-local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', math.min(limit, tonumber(ARGV[5])))
-local k = 0
-for _, e in ipairs(head) do
-  local ms, seq = parse(e[1])
-  if not less(ms, seq, tms, tseq) then break end
-  k = k + 1
-end
-if k == 0 then return 0 end
-return redis.call('XTRIM', KEYS[1], 'MAXLEN', len - k)
-"#;
-
-fn trim_script() -> &'static Script {
-    static S: OnceLock<Script> = OnceLock::new();
-    S.get_or_init(|| Script::from_lua(TRIM_LUA))
-}
-
 impl Bus {
     /// Trims a stream safely, now: removes only entries every group has delivered and
     /// acknowledged, keeping what `retention` asks for. Returns how many entries were removed.
@@ -155,7 +83,7 @@ impl Bus {
         for p in crate::Priority::ALL {
             loop {
                 let r = redis::eval(
-                    trim_script(),
+                    redis::trim_step_script(),
                     &self.inner.client,
                     vec![keys.lane(p)],
                     vec![

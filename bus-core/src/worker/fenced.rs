@@ -5,38 +5,17 @@
 
 use std::time::Duration;
 
-use fred::bytes::Bytes;
 use fred::types::Value;
 
 use super::group::Group;
 use super::outcome::Reason;
 use super::state::Lane;
 use crate::error::Result;
-use crate::redis::{self, value_string};
+use crate::redis;
+pub(crate) use crate::redis::TakeReply as Take;
 
 /// Most ids in one lease-renewal or release script call.
 pub(crate) const SCRIPT_CHUNK: usize = 200;
-
-/// What the take script did.
-#[derive(Debug)]
-pub(crate) enum Take {
-    /// Run attempt `attempt` now; the delivery count `delivery` fences its outcome.
-    Run {
-        delivery: u32,
-        attempt: u32,
-        fields: Vec<(Bytes, Bytes)>,
-    },
-    /// The attempt limit was reached: moved to the dead-letter stream.
-    DeadLettered { attempts: u32, event_id: String },
-    /// Its retry is due later.
-    NotDue(Duration),
-    /// Its last attempt ended without an outcome: it must run alone.
-    NeedsSolo,
-    /// Another consumer owns it, or nobody has it pending any more.
-    NotOurs,
-    /// Deleted from the stream while pending; acknowledged away.
-    Deleted,
-}
 
 /// What a fenced retry or dead-letter did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,38 +119,7 @@ impl Group {
                 ),
             )
             .await?;
-        let Value::Array(parts) = reply else {
-            return Err(crate::Error::Decode(format!(
-                "unexpected take reply {reply:?}"
-            )));
-        };
-        let mut it = parts.into_iter();
-        let code = it.next().and_then(|v| v.as_i64()).unwrap_or(-9);
-        let mut num = || it.next().and_then(|v| v.as_u64()).unwrap_or(0);
-        Ok(match code {
-            1 => {
-                let delivery = num() as u32;
-                let attempt = num() as u32;
-                let fields = match it.next() {
-                    Some(Value::Array(flat)) => redis::parse_flat_fields(flat),
-                    _ => Vec::new(),
-                };
-                Take::Run {
-                    delivery,
-                    attempt,
-                    fields,
-                }
-            }
-            0 => {
-                let attempts = num() as u32;
-                let event_id = it.next().and_then(value_string).unwrap_or_default();
-                Take::DeadLettered { attempts, event_id }
-            }
-            2 => Take::NotDue(Duration::from_millis(num())),
-            4 => Take::NeedsSolo,
-            -3 => Take::Deleted,
-            _ => Take::NotOurs,
-        })
+        redis::parse_take_reply(reply)
     }
 
     /// Records a retry of attempt `attempt` (delivery `delivery`) due after `delay`.
@@ -248,21 +196,7 @@ impl Group {
             args,
         )
         .await?;
-        let list = |v: Option<Value>| -> Vec<String> {
-            match v {
-                Some(Value::Array(a)) => a.into_iter().filter_map(value_string).collect(),
-                _ => Vec::new(),
-            }
-        };
-        match reply {
-            Value::Array(parts) => {
-                let mut it = parts.into_iter();
-                let lost = list(it.next());
-                let deleted = list(it.next());
-                Ok((lost, deleted))
-            }
-            _ => Ok((Vec::new(), Vec::new())),
-        }
+        Ok(redis::parse_renew_reply(reply))
     }
 
     /// Makes entries reclaimable at once, writing each one's record (`""` = keep). Returns how

@@ -22,7 +22,7 @@ use super::state::{Lane, Phase};
 use super::take;
 use crate::envelope::RawEntry;
 use crate::error::Result;
-use crate::redis::{self, value_string};
+use crate::redis;
 
 /// Most entries asked for in one read.
 const MAX_READ: usize = 256;
@@ -281,29 +281,14 @@ async fn pause(stop: &mut tokio::sync::watch::Receiver<bool>, backoff: &mut Dura
 
 /// This consumer's pending entries in one lane: `(id, delivery count)`.
 pub(crate) async fn own_pending(g: &Group, lane: Lane) -> Result<Vec<(String, u64)>> {
-    let rows: Value = g
-        .client
-        .xpending(
-            g.lane(lane).stream.as_str(),
-            g.group(),
-            ("-", "+", 10_000, &*g.consumer),
-        )
-        .await?;
-    Ok(match rows {
-        Value::Array(rows) => rows
-            .into_iter()
-            .filter_map(|r| match r {
-                Value::Array(cols) if cols.len() >= 4 => {
-                    let mut cols = cols.into_iter();
-                    let id = cols.next().and_then(value_string)?;
-                    let count = cols.nth(2).and_then(|v| v.as_u64()).unwrap_or(0);
-                    Some((id, count))
-                }
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    })
+    redis::pending_of(
+        &g.client,
+        &g.lane(lane).stream,
+        g.group(),
+        &g.consumer,
+        10_000,
+    )
+    .await
 }
 
 /// Takes the entries a lost read delivered to this consumer: pending for it, delivered once,

@@ -4,7 +4,6 @@
 //! room for, skips a round while Redis does not answer and the first round after (so lease
 //! renewals queued during a stall land first), and reaps idle consumers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -135,23 +134,19 @@ async fn reclaim(g: &Arc<Group>, lane: Lane) -> Result<()> {
 /// Deletes consumers of this group that have been idle for `after` and own nothing. A consumer
 /// that still owns entries is never deleted: the scanner reclaims its entries first.
 async fn reap_consumers(g: &Group, lane: Lane, after: Duration) {
-    let infos: std::result::Result<Vec<HashMap<String, Value>>, _> = g
-        .client
-        .xinfo_consumers(g.lane(lane).stream.as_str(), g.group())
-        .await;
-    let Ok(infos) = infos else { return };
-    for c in infos {
-        let name = c
-            .get("name")
-            .and_then(|v| v.as_string())
-            .unwrap_or_default();
-        let pending = c.get("pending").and_then(Value::as_u64).unwrap_or(1);
-        let idle = c.get("idle").and_then(Value::as_u64).unwrap_or(0);
-        if name.is_empty() || name == *g.consumer || pending > 0 || idle < after.as_millis() as u64
+    let Ok(consumers) = redis::consumers_of(&g.client, &g.lane(lane).stream, g.group()).await
+    else {
+        return;
+    };
+    for c in consumers {
+        if c.name.is_empty()
+            || c.name == *g.consumer
+            || c.pending > 0
+            || c.idle_ms < after.as_millis() as u64
         {
             continue;
         }
-        delete_consumer_if_idle(g, lane, &name, after.as_millis() as u64).await;
+        delete_consumer_if_idle(g, lane, &c.name, after.as_millis() as u64).await;
     }
 }
 
