@@ -5,6 +5,7 @@ use fred::prelude::*;
 use fred::types::Value;
 
 use crate::bus::Bus;
+use crate::conn::Conn;
 use crate::envelope::{self, RawEntry};
 use crate::error::Result;
 use crate::redis;
@@ -96,7 +97,7 @@ impl DeadLetter {
 /// ```
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
-    bus: Bus,
+    conn: Conn,
     group: String,
     stream_key: String,
     key: String,
@@ -114,8 +115,7 @@ impl DeadLetters {
     /// Up to `limit` dead letters from id `start` on (inclusive), for paging.
     pub async fn range(&self, start: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         let reply: Value = self
-            .bus
-            .inner
+            .conn
             .client
             .xrange(self.key.as_str(), start, "+", Some(limit as u64))
             .await?;
@@ -127,7 +127,7 @@ impl DeadLetters {
 
     /// How many dead letters there are.
     pub async fn count(&self) -> Result<u64> {
-        Ok(self.bus.inner.client.xlen(self.key.as_str()).await?)
+        Ok(self.conn.client.xlen(self.key.as_str()).await?)
     }
 
     /// Sends the given dead letters (by [`DeadLetter::id`]) back to this group only: other groups
@@ -140,7 +140,7 @@ impl DeadLetters {
             args.extend(chunk.iter().map(|id| Value::from(id.as_str())));
             let r = redis::eval(
                 redis::replay_script(),
-                &self.bus.inner.client,
+                &self.conn.client,
                 vec![self.stream_key.clone(), self.key.clone()],
                 args,
             )
@@ -182,8 +182,7 @@ impl DeadLetters {
     /// The id of the newest dead letter, if there is any.
     async fn newest_id(&self) -> Result<Option<String>> {
         let reply: Value = self
-            .bus
-            .inner
+            .conn
             .client
             .xrevrange(self.key.as_str(), "+", "-", Some(1))
             .await?;
@@ -193,8 +192,7 @@ impl DeadLetters {
     /// Up to `limit` dead-letter ids from `start` to `end` (XRANGE bounds, `(` = exclusive).
     async fn ids_between(&self, start: &str, end: &str, limit: usize) -> Result<Vec<String>> {
         let reply: Value = self
-            .bus
-            .inner
+            .conn
             .client
             .xrange(self.key.as_str(), start, end, Some(limit as u64))
             .await?;
@@ -209,8 +207,7 @@ impl DeadLetters {
         let mut n = 0;
         for chunk in ids.chunks(CHUNK) {
             let deleted: u64 = self
-                .bus
-                .inner
+                .conn
                 .client
                 .xdel(self.key.as_str(), chunk.to_vec())
                 .await?;
@@ -222,7 +219,7 @@ impl DeadLetters {
     /// Deletes every dead letter of this group. Returns exactly how many were deleted (the count
     /// and the delete run in one transaction; `UNLINK` frees the memory off Redis's main thread).
     pub async fn purge_all(&self) -> Result<u64> {
-        let tx = self.bus.inner.client.multi();
+        let tx = self.conn.client.multi();
         let () = tx.xlen(self.key.as_str()).await?;
         let () = tx.unlink(self.key.as_str()).await?;
         let (n, _): (u64, u64) = tx.exec(true).await?;
@@ -234,7 +231,7 @@ impl Bus {
     /// The dead letters of `group` on `stream`.
     pub fn dead_letters(&self, stream: &str, group: &str) -> Result<DeadLetters> {
         Ok(DeadLetters {
-            bus: self.clone(),
+            conn: self.conn.clone(),
             group: group.to_owned(),
             stream_key: self.stream_key(stream)?,
             key: self.dead_letter_key(stream, group)?,

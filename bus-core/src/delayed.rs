@@ -14,9 +14,11 @@ use fred::prelude::*;
 use fred::types::Value;
 use tokio::sync::watch;
 
-use crate::bus::{Bus, PublishOptions};
+use crate::bus::Bus;
+use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::publish::PublishOptions;
 use crate::redis::{self, value_bytes};
 
 /// Most events moved by one mover call.
@@ -123,7 +125,7 @@ impl Bus {
         let delayed = self.keys(E::STREAM).delayed();
         let due = redis::eval(
             redis::schedule_delayed_script(),
-            &self.inner.client,
+            &self.conn.client,
             vec![delayed],
             vec![Value::from(when), Value::Bytes(member.into())],
         )
@@ -137,18 +139,18 @@ impl Bus {
     /// How many events wait in a stream's delayed set.
     pub async fn delayed_count(&self, stream: &str) -> Result<u64> {
         crate::names::validate_name("stream", stream)?;
-        Ok(self.inner.client.zcard(self.keys(stream).delayed()).await?)
+        Ok(self.conn.client.zcard(self.keys(stream).delayed()).await?)
     }
 }
 
 /// Moves due delayed events of one stream into it, every `interval`, until `stop`.
 pub(crate) async fn mover_loop(
-    bus: Bus,
+    conn: Conn,
     stream: &'static str,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let keys = bus.keys(stream);
+    let keys = conn.keys(stream);
     let script_keys = vec![
         keys.delayed(),
         keys.stream().to_owned(),
@@ -161,7 +163,7 @@ pub(crate) async fn mover_loop(
         }
         let r = redis::eval(
             redis::move_delayed_script(),
-            &bus.inner.client,
+            &conn.client,
             script_keys.clone(),
             vec![Value::from(MOVE_BATCH)],
         )

@@ -4,6 +4,7 @@
 use fred::prelude::*;
 
 use crate::bus::Bus;
+use crate::conn::Conn;
 use crate::error::Result;
 use crate::names::{validate_name, Priority};
 
@@ -54,30 +55,14 @@ pub struct StreamInfo {
 impl Bus {
     /// The streams under this bus's prefix: every stream with an entry or a group in any lane.
     pub async fn streams(&self) -> Result<Vec<String>> {
-        let head = format!("{}:{{", self.prefix());
-        let pattern = format!("{}*}}:stream*", crate::redis::escape_glob(&head));
-        let keys = crate::redis::scan_keys(&self.inner.client, &pattern).await?;
-        let mut out: Vec<String> = keys
-            .iter()
-            .filter_map(|k| {
-                let r = k.strip_prefix(&head)?;
-                let name = ["}:stream", "}:stream:high", "}:stream:low"]
-                    .iter()
-                    .find_map(|suffix| r.strip_suffix(suffix))?;
-                (!name.contains(['{', '}'])).then_some(name)
-            })
-            .map(str::to_owned)
-            .collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
+        streams(&self.conn).await
     }
 
     /// Lanes, groups, pending, lag, dead letters and delayed events of one stream.
     pub async fn inspect(&self, stream: &str) -> Result<StreamInfo> {
         validate_name("stream", stream)?;
         let keys = self.keys(stream);
-        let c = &self.inner.client;
+        let c = &self.conn.client;
         let mut lane_lengths = Vec::new();
         let mut groups: Vec<GroupInfo> = Vec::new();
         for p in Priority::ALL {
@@ -139,7 +124,7 @@ impl Bus {
         validate_name("stream", stream)?;
         validate_name("group", group)?;
         let keys = self.keys(stream);
-        let c = &self.inner.client;
+        let c = &self.conn.client;
         let mut existed = false;
         for p in Priority::ALL {
             let key = keys.lane(p);
@@ -165,4 +150,25 @@ impl Bus {
         let _: u64 = c.unlink(dlq).await?;
         Ok(existed)
     }
+}
+
+/// See [`Bus::streams`].
+pub(crate) async fn streams(conn: &Conn) -> Result<Vec<String>> {
+    let head = format!("{}:{{", conn.prefix);
+    let pattern = format!("{}*}}:stream*", crate::names::escape_glob(&head));
+    let keys = crate::redis::scan_keys(&conn.client, &pattern).await?;
+    let mut out: Vec<String> = keys
+        .iter()
+        .filter_map(|k| {
+            let r = k.strip_prefix(&head)?;
+            let name = ["}:stream", "}:stream:high", "}:stream:low"]
+                .iter()
+                .find_map(|suffix| r.strip_suffix(suffix))?;
+            (!name.contains(['{', '}'])).then_some(name)
+        })
+        .map(str::to_owned)
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
 }

@@ -87,6 +87,8 @@ extern crate self as bus_core;
 
 mod bus;
 mod codec;
+mod conn;
+mod connect;
 mod dead_letter;
 mod delayed;
 mod envelope;
@@ -97,28 +99,32 @@ mod metrics;
 mod names;
 #[cfg(feature = "opentelemetry")]
 mod otel;
+mod publish;
 mod redis;
 mod shutdown;
 mod status;
 mod subscriber;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod time;
 #[cfg(feature = "tls")]
 mod tls;
 mod trim;
+mod waiters;
 mod worker;
 
 pub use bus::{
-    redact_url, Bus, BusBuilder, PublishOptions, Published, DEFAULT_MAX_HEADERS,
-    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_PAYLOAD, MAX_DEDUP_WINDOW,
+    Bus, BusBuilder, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_PAYLOAD,
 };
 pub use codec::{Codec, MAX_PAYLOAD_DEPTH};
+pub use connect::redact_url;
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use delayed::Scheduled;
 pub use error::{Action, BoxError, Error, HandlerError, RedisError, Result};
 pub use event::Event;
 pub use inspect::{GroupInfo, StreamInfo, STALE_AFTER};
 pub use names::{validate_name, Priority, MAX_NAME_LEN};
+pub use publish::{PublishOptions, Published, MAX_DEDUP_WINDOW};
 pub use shutdown::shutdown_signal;
 pub use status::{GroupStatus, State};
 pub use subscriber::{

@@ -72,6 +72,18 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<()> {
     }
 }
 
+/// Escapes the glob characters of `s` for a `SCAN MATCH` pattern, so names are matched literally.
+pub(crate) fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The keys of one stream under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StreamKeys {
@@ -148,11 +160,7 @@ impl StreamKeys {
     /// A `SCAN` pattern matching every settled marker of `group` (and possibly of groups whose
     /// name starts with `<group>:`; filter with [`StreamKeys::marker_group`]).
     pub(crate) fn settled_marker_pattern(&self, group: &str) -> String {
-        format!(
-            "{}:moved:{}:*",
-            crate::redis::escape_glob(&self.base),
-            crate::redis::escape_glob(group)
-        )
+        format!("{}:moved:{}:*", escape_glob(&self.base), escape_glob(group))
     }
 
     /// The group a settled-marker key belongs to (`None` for any other key).

@@ -42,7 +42,7 @@ pub fn unique_prefix(label: &str) -> String {
 
 /// Every key under the bus's prefix.
 pub async fn keys_with_prefix(bus: &Bus) -> Result<Vec<String>> {
-    let pattern = format!("{}:*", crate::redis::escape_glob(bus.prefix()));
+    let pattern = format!("{}:*", crate::names::escape_glob(bus.prefix()));
     crate::redis::scan_keys(bus.redis(), &pattern).await
 }
 

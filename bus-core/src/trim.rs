@@ -22,6 +22,7 @@ use fred::types::Value;
 use tokio::sync::watch;
 
 use crate::bus::Bus;
+use crate::conn::Conn;
 use crate::error::Result;
 use crate::redis;
 
@@ -74,49 +75,59 @@ impl Bus {
     /// # Ok(()) }
     /// ```
     pub async fn trim(&self, stream: &str, retention: Retention) -> Result<u64> {
-        crate::names::validate_name("stream", stream)?;
-        let keys = self.keys(stream);
-        let without_groups = retention
-            .without_groups
-            .map_or(-1, |d| d.as_millis().min(i64::MAX as u128) as i64);
-        let mut removed = 0;
-        for p in crate::Priority::ALL {
-            loop {
-                let r = redis::eval(
-                    redis::trim_step_script(),
-                    &self.inner.client,
-                    vec![keys.lane(p)],
-                    vec![
-                        Value::from(retention.min_age.as_millis().min(i64::MAX as u128) as i64),
-                        Value::from(retention.min_count.min(i64::MAX as u64) as i64),
-                        Value::from(without_groups),
-                        Value::from(TRIM_BATCH as i64),
-                        Value::from(EXACT_STEP as i64),
-                    ],
-                )
-                .await?;
-                match r.as_u64() {
-                    Some(n) if n > 0 => removed += n,
-                    _ => break,
-                }
-            }
-        }
-        Ok(removed)
+        trim(&self.conn, stream, retention).await
     }
 
     /// Trims every stream under the bus's prefix (see [`Bus::trim`]), including streams no
     /// worker subscribes to, which only [`Retention::without_groups`] bounds. Returns how many
     /// entries were removed per stream that lost any.
     pub async fn trim_all(&self, retention: Retention) -> Result<Vec<(String, u64)>> {
-        let mut out = Vec::new();
-        for stream in self.streams().await? {
-            let n = self.trim(&stream, retention).await?;
-            if n > 0 {
-                out.push((stream, n));
+        trim_all(&self.conn, retention).await
+    }
+}
+
+/// See [`Bus::trim`].
+pub(crate) async fn trim(conn: &Conn, stream: &str, retention: Retention) -> Result<u64> {
+    crate::names::validate_name("stream", stream)?;
+    let keys = conn.keys(stream);
+    let without_groups = retention
+        .without_groups
+        .map_or(-1, |d| d.as_millis().min(i64::MAX as u128) as i64);
+    let mut removed = 0;
+    for p in crate::Priority::ALL {
+        loop {
+            let r = redis::eval(
+                redis::trim_step_script(),
+                &conn.client,
+                vec![keys.lane(p)],
+                vec![
+                    Value::from(retention.min_age.as_millis().min(i64::MAX as u128) as i64),
+                    Value::from(retention.min_count.min(i64::MAX as u64) as i64),
+                    Value::from(without_groups),
+                    Value::from(TRIM_BATCH as i64),
+                    Value::from(EXACT_STEP as i64),
+                ],
+            )
+            .await?;
+            match r.as_u64() {
+                Some(n) if n > 0 => removed += n,
+                _ => break,
             }
         }
-        Ok(out)
     }
+    Ok(removed)
+}
+
+/// See [`Bus::trim_all`].
+pub(crate) async fn trim_all(conn: &Conn, retention: Retention) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for stream in crate::inspect::streams(conn).await? {
+        let n = trim(conn, &stream, retention).await?;
+        if n > 0 {
+            out.push((stream, n));
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `step` every `interval` until `stop`.
@@ -139,14 +150,14 @@ where
 
 /// Trims one stream every `interval` until `stop`.
 pub(crate) async fn trim_loop(
-    bus: Bus,
+    conn: Conn,
     stream: &'static str,
     interval: Duration,
     retention: Retention,
     stop: watch::Receiver<bool>,
 ) {
     every(interval, stop, || async {
-        match bus.trim(stream, retention).await {
+        match trim(&conn, stream, retention).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(stream, removed = n, "trimmed acknowledged entries"),
             Err(e) => tracing::warn!(stream, error = %e, "trimming failed"),
@@ -157,13 +168,13 @@ pub(crate) async fn trim_loop(
 
 /// Trims every stream under the prefix every `interval` until `stop`.
 pub(crate) async fn trim_all_loop(
-    bus: Bus,
+    conn: Conn,
     interval: Duration,
     retention: Retention,
     stop: watch::Receiver<bool>,
 ) {
     every(interval, stop, || async {
-        match bus.trim_all(retention).await {
+        match trim_all(&conn, retention).await {
             Ok(trimmed) => {
                 for (stream, n) in trimmed {
                     tracing::debug!(stream, removed = n, "trimmed");

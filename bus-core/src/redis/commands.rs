@@ -10,18 +10,6 @@ use super::reply::{parse_pending_rows, value_string};
 use super::scripts;
 use crate::error::Result;
 
-/// Escapes the glob characters of `s` for a `SCAN MATCH` pattern, so names are matched literally.
-pub(crate) fn escape_glob(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// Every key matching a glob `pattern`, by a `SCAN` cursor loop (bounded work per call).
 pub(crate) async fn scan_keys(client: &Client, pattern: &str) -> Result<Vec<String>> {
     let mut cursor = "0".to_owned();

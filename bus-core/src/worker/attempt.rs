@@ -184,7 +184,7 @@ async fn attempt_outcome(
     }
     g.metrics
         .latency_seconds
-        .record(crate::bus::now_ms().saturating_sub(env.published_at_ms) as f64 / 1000.0);
+        .record(crate::time::now_ms().saturating_sub(env.published_at_ms) as f64 / 1000.0);
     let started = Instant::now();
     let run = AssertUnwindSafe(handler.dispatch(env, ctx))
         .catch_unwind()

@@ -15,7 +15,7 @@ use super::handlers::HandlerSet;
 use super::pool::Pool;
 use super::state::{HeldTable, Lane};
 use super::WorkerSettings;
-use crate::bus::Bus;
+use crate::conn::Conn;
 use crate::metrics::SubscriberMetrics;
 use crate::names::{Priority, StreamKeys};
 use crate::status::{self, State, StatusWrite};
@@ -39,8 +39,8 @@ pub(crate) struct GroupKeys {
 }
 
 impl GroupKeys {
-    pub(crate) fn new(bus: &Bus, stream: &str, group: &str) -> Self {
-        let keys = bus.keys(stream);
+    pub(crate) fn new(conn: &Conn, stream: &str, group: &str) -> Self {
+        let keys = conn.keys(stream);
         GroupKeys {
             lanes: Priority::ALL
                 .iter()
@@ -66,7 +66,7 @@ pub(crate) struct Group {
     pub(crate) consumer: Arc<str>,
     /// Stream, group and consumer names every delivery's context shares.
     pub(crate) names: ContextNames,
-    pub(crate) bus: Bus,
+    pub(crate) conn: Conn,
     pub(crate) client: Client,
     pub(crate) settings: WorkerSettings,
     pub(crate) held: HeldTable,
@@ -90,7 +90,7 @@ impl Group {
         handlers: HandlerSet,
         keys: GroupKeys,
         consumer: Arc<str>,
-        bus: &Bus,
+        conn: &Conn,
         settings: WorkerSettings,
         gate: SoloGate,
         acks: Vec<AckSender>,
@@ -108,8 +108,8 @@ impl Group {
             names,
             metrics,
             consumer,
-            bus: bus.clone(),
-            client: bus.inner.client.clone(),
+            conn: conn.clone(),
+            client: conn.client.clone(),
             settings,
             gate,
             acks,
@@ -216,7 +216,7 @@ impl Group {
             result,
         };
         if let Err(e) = status::write(
-            &self.bus,
+            &self.conn,
             self.stream(),
             self.group(),
             event_id,

@@ -20,7 +20,7 @@ use super::read::{own_pending, Reader};
 use super::reclaim::{delete_consumer_if_idle, scan_loop};
 use super::state::Phase;
 use super::{take, WorkerSettings};
-use crate::bus::Bus;
+use crate::conn::Conn;
 use crate::error::Result;
 use crate::names::Priority;
 use crate::redis;
@@ -37,7 +37,7 @@ pub(crate) struct GroupRunner {
 impl GroupRunner {
     /// Creates the group on every lane, connects the reader and starts the ackers.
     pub(crate) async fn prepare(
-        bus: &Bus,
+        conn: &Conn,
         handlers: HandlerSet,
         consumer: Arc<str>,
         settings: WorkerSettings,
@@ -45,8 +45,8 @@ impl GroupRunner {
         stop: watch::Receiver<bool>,
     ) -> Result<Self> {
         let opts = handlers.options().clone();
-        let keys = GroupKeys::new(bus, handlers.stream(), opts.group());
-        let client = bus.inner.client.clone();
+        let keys = GroupKeys::new(conn, handlers.stream(), opts.group());
+        let client = conn.client.clone();
         let start = match opts.get_start_from() {
             StartFrom::Beginning => "0",
             StartFrom::NewEvents => "$",
@@ -85,7 +85,7 @@ impl GroupRunner {
             ackers.push(task);
         }
         let group = Group::new(
-            handlers, keys, consumer, bus, settings, gate, acks, unacked, stop,
+            handlers, keys, consumer, conn, settings, gate, acks, unacked, stop,
         );
         Ok(Self {
             group: Arc::new(group),

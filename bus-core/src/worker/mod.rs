@@ -45,6 +45,7 @@ use fred::prelude::*;
 use fred::types::ClientUnblockFlag;
 
 use crate::bus::Bus;
+use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::names::validate_name;
 use crate::subscriber::{Configured, Subscriber, SubscriberOptions};
@@ -76,7 +77,7 @@ use lifecycle::GroupRunner;
 /// # Ok(()) }
 /// ```
 pub struct Worker {
-    bus: Bus,
+    conn: Conn,
     subs: Vec<Arc<dyn DynHandler>>,
     consumer: Option<String>,
     settings: WorkerSettings,
@@ -126,10 +127,17 @@ pub fn default_consumer_name() -> String {
     format!("{host}:{}:{}", std::process::id(), &rand[..8])
 }
 
+impl Bus {
+    /// A new worker on this bus; add subscribers and run it.
+    pub fn worker(&self) -> Worker {
+        Worker::new(&self.conn)
+    }
+}
+
 impl Worker {
-    pub(crate) fn new(bus: &Bus) -> Self {
+    pub(crate) fn new(conn: &Conn) -> Self {
         Self {
-            bus: bus.clone(),
+            conn: conn.clone(),
             subs: Vec::new(),
             consumer: None,
             settings: WorkerSettings {
@@ -267,7 +275,7 @@ impl Worker {
         let mut subs = Vec::with_capacity(sets.len());
         for set in sets {
             let prepared = GroupRunner::prepare(
-                &self.bus,
+                &self.conn,
                 set,
                 consumer_name.clone(),
                 self.settings.clone(),
@@ -292,7 +300,7 @@ impl Worker {
             .iter()
             .map(|stream| {
                 tokio::spawn(crate::delayed::mover_loop(
-                    self.bus.clone(),
+                    self.conn.clone(),
                     stream,
                     self.settings.mover_interval,
                     stop_rx.clone(),
@@ -302,7 +310,7 @@ impl Worker {
         if let Some(every) = self.settings.trim_interval {
             movers.extend(streams.iter().map(|stream| {
                 tokio::spawn(crate::trim::trim_loop(
-                    self.bus.clone(),
+                    self.conn.clone(),
                     stream,
                     every,
                     self.settings.retention,
@@ -312,7 +320,7 @@ impl Worker {
         }
         if let Some(every) = self.settings.trim_all_interval {
             movers.push(tokio::spawn(crate::trim::trim_all_loop(
-                self.bus.clone(),
+                self.conn.clone(),
                 every,
                 self.settings.retention,
                 stop_rx.clone(),

@@ -45,7 +45,7 @@ pub(crate) struct Reader {
 impl Reader {
     pub(crate) fn new(g: Arc<Group>, client: Client, reading: Arc<AtomicBool>) -> Self {
         let read_options = Options {
-            timeout: Some(g.opts().get_block_timeout() + g.bus.inner.command_timeout),
+            timeout: Some(g.opts().get_block_timeout() + g.conn.command_timeout),
             // Never re-sent after a reconnect: a second read would deliver more entries while the
             // first one's may be lost; a failed read is handled below instead.
             max_attempts: Some(1),
