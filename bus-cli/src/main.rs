@@ -536,12 +536,13 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             without_groups_max_age_secs,
             keep_without_groups,
         } => {
-            let retention = Retention {
-                min_age: Duration::from_secs(min_age_secs),
-                min_count,
-                without_groups: (!keep_without_groups)
-                    .then(|| Duration::from_secs(without_groups_max_age_secs)),
-            };
+            let retention = Retention::new()
+                .min_age(Duration::from_secs(min_age_secs))
+                .min_count(min_count)
+                .without_groups(
+                    (!keep_without_groups)
+                        .then(|| Duration::from_secs(without_groups_max_age_secs)),
+                );
             let trimmed = match stream {
                 Some(stream) if !all => {
                     check_stream(&bus, &stream).await?;

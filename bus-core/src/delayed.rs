@@ -26,6 +26,7 @@ const MOVE_BATCH: i64 = 200;
 
 /// What [`Bus::publish_after`] and [`Bus::publish_at`] return.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Scheduled {
     /// The producer-made event id (the same id the handler will see).
     pub event_id: String,

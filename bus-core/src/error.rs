@@ -124,7 +124,11 @@ pub enum Error {
     },
     /// A Redis command failed (connection lost, timeout, server error).
     #[error("redis error: {0}")]
-    Redis(RedisError),
+    Redis(#[source] RedisError),
+    /// A task of the bus itself failed (a worker task panicked, the waiters' subscription task
+    /// stopped). Not caused by the caller's input; worth reporting as a bug.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// A Redis client error, kept opaque so the client library can change without breaking the API.
@@ -151,6 +155,12 @@ impl RedisError {
 impl fmt::Display for RedisError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}: {}", self.0.kind(), self.0.details())
+    }
+}
+
+impl std::error::Error for RedisError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
     }
 }
 

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 /// Publish priority (priority lanes). Each lane is a stream of its own under the same hash tag;
 /// workers take from higher lanes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Priority {
     /// Taken before everything else.
     High,

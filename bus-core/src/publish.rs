@@ -16,6 +16,7 @@ use crate::names::validate_name;
 
 /// What [`Bus::publish`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Published {
     /// The producer-made event id (UUIDv7): stable across retries and replays; use it for
     /// idempotency.
@@ -55,23 +56,6 @@ impl PublishOptions {
         self
     }
 
-    /// De-duplicates by an idempotency key: within `window`, only the first publish with
-    /// this key writes an event; later ones return the first one's ids with
-    /// [`Published::duplicate`] set. The key lives in `<prefix>:{<stream>}:dedup:<key>` with the
-    /// window as its TTL, set in the same script as the write.
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # #[derive(serde::Serialize, serde::Deserialize, bus_core::Event)]
-    /// # #[event(stream = "orders")]
-    /// # struct OrderPlaced { order_id: u64 }
-    /// # async fn demo(bus: bus_core::Bus) -> bus_core::Result<()> {
-    /// let opts = bus_core::PublishOptions::new().dedup("order-42", Duration::from_secs(600));
-    /// let first = bus.publish_with(&OrderPlaced { order_id: 42 }, opts.clone()).await?;
-    /// let again = bus.publish_with(&OrderPlaced { order_id: 42 }, opts).await?;
-    /// assert!(again.duplicate && again.event_id == first.event_id);
-    /// # Ok(()) }
-    /// ```
     /// Publishes into a priority lane (default [`Priority::Normal`](crate::Priority::Normal)):
     /// workers take events of higher lanes first.
     #[must_use]
@@ -104,9 +88,25 @@ impl PublishOptions {
         }
     }
 
-    /// De-duplicates by an idempotency key (see above). The window must be between 1 ms and
-    /// [`MAX_DEDUP_WINDOW`](crate::MAX_DEDUP_WINDOW); publishing with another one is an
+    /// De-duplicates by an idempotency key: within `window`, only the first publish with
+    /// this key writes an event; later ones return the first one's ids with
+    /// [`Published::duplicate`] set. The key lives in `<prefix>:{<stream>}:dedup:<key>` with the
+    /// window as its TTL, set in the same script as the write. The window must be between 1 ms
+    /// and [`MAX_DEDUP_WINDOW`](crate::MAX_DEDUP_WINDOW); publishing with another one is an
     /// [`Error::Config`] and writes nothing.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[derive(serde::Serialize, serde::Deserialize, bus_core::Event)]
+    /// # #[event(stream = "orders")]
+    /// # struct OrderPlaced { order_id: u64 }
+    /// # async fn demo(bus: bus_core::Bus) -> bus_core::Result<()> {
+    /// let opts = bus_core::PublishOptions::new().dedup("order-42", Duration::from_secs(600));
+    /// let first = bus.publish_with(&OrderPlaced { order_id: 42 }, opts.clone()).await?;
+    /// let again = bus.publish_with(&OrderPlaced { order_id: 42 }, opts).await?;
+    /// assert!(again.duplicate && again.event_id == first.event_id);
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn dedup(mut self, key: impl Into<String>, window: Duration) -> Self {
         self.dedup = Some((key.into(), window));

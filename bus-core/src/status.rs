@@ -77,6 +77,7 @@ impl State {
 
 /// One group's status for one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GroupStatus {
     /// The state.
     pub state: State,

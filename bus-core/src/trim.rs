@@ -27,7 +27,17 @@ use crate::error::Result;
 use crate::redis;
 
 /// What to keep beyond what the groups still need.
+///
+/// ```
+/// use std::time::Duration;
+/// let keep = bus_core::Retention::new()
+///     .min_age(Duration::from_secs(3600))
+///     .min_count(1_000)
+///     .without_groups(Some(Duration::from_secs(3 * 24 * 3600)));
+/// assert_eq!(keep.min_count, 1_000);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Retention {
     /// Keep entries younger than this (by their id's time, Redis clock). Default 0.
     pub min_age: Duration,
@@ -36,6 +46,34 @@ pub struct Retention {
     /// For a stream (lane) that has no consumer group: remove entries older than this; `None`
     /// keeps them all. Default 7 days. `min_age` and `min_count` apply as well.
     pub without_groups: Option<Duration>,
+}
+
+impl Retention {
+    /// The default: keep what the groups need, and a week of a stream without groups.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps entries younger than `age` as well.
+    #[must_use]
+    pub fn min_age(mut self, age: Duration) -> Self {
+        self.min_age = age;
+        self
+    }
+
+    /// Keeps at least the `n` newest entries as well.
+    #[must_use]
+    pub fn min_count(mut self, n: u64) -> Self {
+        self.min_count = n;
+        self
+    }
+
+    /// How long a stream without groups keeps its entries (`None`: for ever).
+    #[must_use]
+    pub fn without_groups(mut self, max_age: Option<Duration>) -> Self {
+        self.without_groups = max_age;
+        self
+    }
 }
 
 impl Default for Retention {
@@ -66,10 +104,7 @@ impl Bus {
     /// ```no_run
     /// # async fn demo(bus: bus_core::Bus) -> bus_core::Result<()> {
     /// use std::time::Duration;
-    /// let keep = bus_core::Retention {
-    ///     min_count: 1_000,
-    ///     ..bus_core::Retention::default()
-    /// };
+    /// let keep = bus_core::Retention::new().min_count(1_000);
     /// let removed = bus.trim("orders", keep).await?;
     /// println!("removed {removed} acknowledged entries");
     /// # Ok(()) }

@@ -66,7 +66,7 @@ impl Waiters {
 
     /// Takes a reference to `channel`, subscribing when it is the first one.
     pub(crate) async fn subscribe(&self, channel: &str) -> Result<Subscription> {
-        let stopped = || Error::Config("the waiters' subscription task has stopped".into());
+        let stopped = || Error::Internal("the waiters' subscription task has stopped".into());
         let (tx, rx) = oneshot::channel();
         self.ops
             .send(Op::Acquire(channel.to_owned(), tx))

@@ -285,10 +285,7 @@ async fn a_stream_whose_groups_keep_up_stays_bounded_with_optional_retention() {
         .bus
         .worker()
         .trim_every(Some(Duration::from_millis(50)))
-        .retention(bus_core::Retention {
-            min_count: 25,
-            ..bus_core::Retention::default()
-        })
+        .retention(bus_core::Retention::new().min_count(25))
         .subscribe(job_recorder("a", &a))
         .subscribe(job_recorder("b", &b))
         .start()

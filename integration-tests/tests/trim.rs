@@ -76,10 +76,7 @@ async fn trimming_a_long_stream_in_steps_is_exact() {
     fill(&env.bus, &key, 30_000, Some(1_000)).await;
     // A group that has read and acknowledged everything: only the minimum count stays.
     create_group_at(&env.bus, &key, "done", "$").await;
-    let keep = Retention {
-        min_count: 12_345,
-        ..Retention::default()
-    };
+    let keep = Retention::new().min_count(12_345);
     let removed = env.bus.trim("long", keep).await.expect("trim");
     assert_eq!(removed, 30_000 - 12_345);
     assert_eq!(xlen(&env.bus, &key).await, 12_345);
@@ -90,10 +87,7 @@ async fn trimming_a_long_stream_in_steps_is_exact() {
     // A group that has read up to entry 25 000: it still needs 25 001 and later, whatever the
     // minimum count says.
     create_group_at(&env.bus, &key, "lagging", "1000-25000").await;
-    let keep = Retention {
-        min_count: 5,
-        ..Retention::default()
-    };
+    let keep = Retention::new().min_count(5);
     let removed = env.bus.trim("long", keep).await.expect("trim");
     assert_eq!(removed, 25_000 - (30_000 - 12_345));
     assert_eq!(xlen(&env.bus, &key).await, 5_000);
@@ -144,10 +138,7 @@ async fn trimming_a_long_stream_never_blocks_redis() {
         }
     };
     slowlog("RESET").await;
-    let keep = Retention {
-        min_count: 150_000,
-        ..Retention::default()
-    };
+    let keep = Retention::new().min_count(150_000);
     let removed = bus.trim("long", keep).await.expect("trim");
     assert_eq!(removed, 150_000);
     assert_eq!(xlen(&bus, &key).await, 150_000);
@@ -176,10 +167,7 @@ async fn a_stream_without_groups_keeps_what_is_younger_than_its_max_age() {
     // "orders" has a group that has read nothing: it needs every entry.
     create_group_at(&env.bus, &orders, "billing", "0").await;
 
-    let keep_all = Retention {
-        without_groups: None,
-        ..Retention::default()
-    };
+    let keep_all = Retention::new().without_groups(None);
     assert_eq!(env.bus.trim("audit", keep_all).await.expect("trim"), 0);
     // The default keeps a week.
     assert_eq!(
@@ -189,10 +177,7 @@ async fn a_stream_without_groups_keeps_what_is_younger_than_its_max_age() {
             .expect("trim"),
         0
     );
-    let an_hour = Retention {
-        without_groups: Some(Duration::from_secs(3600)),
-        ..Retention::default()
-    };
+    let an_hour = Retention::new().without_groups(Some(Duration::from_secs(3600)));
     let trimmed = env.bus.trim_all(an_hour).await.expect("trim all");
     assert_eq!(trimmed, vec![("audit".to_owned(), 500)]);
     assert_eq!(xlen(&env.bus, &audit).await, 300);

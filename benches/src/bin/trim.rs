@@ -185,14 +185,8 @@ async fn run(variant: &'static str, bus: &Bus, client: &Client, args: &Args) -> 
 
     let started = Instant::now();
     let removed = if variant == "bounded steps (Bus::trim)" {
-        bus.trim(
-            "trim",
-            Retention {
-                min_count: args.keep,
-                ..Retention::default()
-            },
-        )
-        .await?
+        bus.trim("trim", Retention::new().min_count(args.keep))
+            .await?
     } else {
         let v: Value = client
             .eval(

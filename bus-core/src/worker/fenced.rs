@@ -93,7 +93,7 @@ impl Group {
         }
     }
 
-    /// Takes an entry for a new attempt (see the take script in `redis.rs`).
+    /// Takes an entry for a new attempt (see `redis/scripts/take.lua`).
     pub(crate) async fn take(
         &self,
         lane: Lane,

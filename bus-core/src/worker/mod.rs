@@ -409,7 +409,7 @@ impl WorkerHandle {
         for r in self.running {
             if let Err(e) = r.task.await {
                 tracing::error!(error = %e, "subscriber task failed");
-                result = Err(Error::Config(format!("subscriber task failed: {e}")));
+                result = Err(Error::Internal(format!("subscriber task failed: {e}")));
             }
         }
         tracing::info!(consumer = %self.consumer, "worker stopped");
