@@ -1,16 +1,11 @@
 //! The `streambus` binary against a real Redis.
 
+use bus_core::testing::RedisAccess;
+use integration_tests::fixtures::Order;
 use std::process::Command;
 
-use bus_core::{Event, HandlerError, SubscriberOptions};
+use bus_core::{HandlerError, SubscriberOptions};
 use integration_tests::{eventually, TestEnv};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(stream = "orders")]
-struct Order {
-    n: u64,
-}
 
 fn cli(env: &TestEnv, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_streambus"))

@@ -238,12 +238,6 @@ impl Bus {
         self.conn.keys(stream)
     }
 
-    /// The underlying Redis client (for tests and tools; most users never need it).
-    #[doc(hidden)]
-    pub fn redis(&self) -> &Client {
-        &self.conn.client
-    }
-
     /// Closes the connection. Clones of this handle stop working too.
     pub async fn close(&self) {
         let _ = self.conn.client.quit().await;

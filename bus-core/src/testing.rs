@@ -34,6 +34,28 @@ pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The raw Redis client under a [`Bus`], for tests and tools that set up or inspect keys
+/// directly. Only with the `test-util` feature: applications talk to Redis through the bus.
+///
+/// ```no_run
+/// # async fn demo(bus: bus_core::Bus) -> bus_core::Result<()> {
+/// use bus_core::testing::RedisAccess;
+/// use fred::prelude::*;
+/// let key = bus.stream_key("orders")?;
+/// let len: u64 = bus.redis().xlen(key.as_str()).await?;
+/// # let _ = len; Ok(()) }
+/// ```
+pub trait RedisAccess {
+    /// The client the bus publishes with (one multiplexed connection).
+    fn redis(&self) -> &fred::prelude::Client;
+}
+
+impl RedisAccess for Bus {
+    fn redis(&self) -> &fred::prelude::Client {
+        &self.conn.client
+    }
+}
+
 /// A unique key prefix for one test or run: `<label>-<random>`.
 pub fn unique_prefix(label: &str) -> String {
     let r = uuid::Uuid::new_v4().simple().to_string();
@@ -43,14 +65,14 @@ pub fn unique_prefix(label: &str) -> String {
 /// Every key under the bus's prefix.
 pub async fn keys_with_prefix(bus: &Bus) -> Result<Vec<String>> {
     let pattern = format!("{}:*", crate::names::escape_glob(bus.prefix()));
-    crate::redis::scan_keys(bus.redis(), &pattern).await
+    crate::redis::scan_keys(&bus.conn.client, &pattern).await
 }
 
 /// Deletes every key under the bus's prefix. Returns how many were deleted.
 pub async fn delete_prefix(bus: &Bus) -> Result<u64> {
     let mut deleted = 0;
     for k in keys_with_prefix(bus).await? {
-        deleted += bus.redis().del::<u64, _>(k).await?;
+        deleted += bus.conn.client.del::<u64, _>(k).await?;
     }
     Ok(deleted)
 }

@@ -6,6 +6,7 @@
 //! Every test gets its own key prefix and deletes its keys when done, so tests run in parallel
 //! against one server and never need `FLUSHALL`.
 
+use bus_core::testing::RedisAccess;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,6 +17,7 @@ pub use bus_core::testing::{
 };
 use bus_core::{Bus, BusBuilder};
 
+pub mod fixtures;
 pub mod procs;
 pub mod proxy;
 pub mod support;
@@ -157,6 +159,37 @@ impl TestEnv {
             .connect(&self.url)
             .await
             .expect("connect to the test Redis")
+    }
+
+    /// Starts a worker on this test's bus with the one subscriber `sub`.
+    pub async fn start<S: bus_core::Subscriber>(&self, sub: S) -> bus_core::WorkerHandle {
+        self.bus
+            .worker()
+            .subscribe(sub)
+            .start()
+            .await
+            .expect("start the worker")
+    }
+
+    /// A pool of `n` workers, each on a bus of its own (as separate processes would be), each
+    /// with a subscriber made by `make`.
+    pub async fn pool<S: bus_core::Subscriber>(
+        &self,
+        n: usize,
+        mut make: impl FnMut() -> S,
+    ) -> Vec<bus_core::WorkerHandle> {
+        let mut workers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let bus = self.another_bus().await;
+            workers.push(
+                bus.worker()
+                    .subscribe(make())
+                    .start()
+                    .await
+                    .expect("start a pool worker"),
+            );
+        }
+        workers
     }
 
     /// All keys under this test's prefix.

@@ -3,6 +3,7 @@
 //! consumer's deliveries, ownership moved with `XCLAIM … JUSTID`), an own `redis-server` for fault
 //! tests, and small handler building blocks.
 
+use bus_core::testing::RedisAccess;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -2,22 +2,14 @@
 //! applied to a real `redis-server`, lets every feature work and refuses keys outside the
 //! prefix), and a TLS URL is never silently downgraded to plaintext.
 
+use integration_tests::fixtures::Order;
 use std::time::Duration;
 
 use bus_core::testing::RedisServer;
-use bus_core::{
-    subscriber_fn, Bus, Event, HandlerError, PublishOptions, Retention, SubscriberOptions,
-};
+use bus_core::{subscriber_fn, Bus, HandlerError, PublishOptions, Retention, SubscriberOptions};
 use fred::prelude::*;
 use fred::types::Value;
 use integration_tests::Recorder;
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(stream = "orders")]
-struct Order {
-    n: u64,
-}
 
 /// The commands Streambus sends (the README's ACL rule lists the same).
 pub const COMMANDS: &str = "+ping +time +xadd +xreadgroup +xack +xclaim +xautoclaim +xpending \

@@ -13,6 +13,7 @@
 //! Metrics go through one process-wide debugging recorder; every test that reads a metric uses a
 //! group name of its own, as counters are told apart by their (stream, group) labels only.
 
+use bus_core::testing::RedisAccess;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

@@ -11,20 +11,20 @@
 //! The fault durations below (a refused reconnect, a SIGSTOP) are part of each scenario, not
 //! synchronisation: every outcome is awaited with a bounded timeout.
 
+use bus_core::testing::RedisAccess;
+use integration_tests::fixtures::Job;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bus_core::{
-    subscriber_fn, Bus, DeadLetter, Event, HandlerError, Subscriber, SubscriberOptions,
-    WorkerHandle,
+    subscriber_fn, Bus, DeadLetter, HandlerError, Subscriber, SubscriberOptions, WorkerHandle,
 };
 use fred::prelude::*;
 use integration_tests::support::{
     attempt_records_key, create_group, read_as, start_worker, OwnRedis,
 };
 use integration_tests::TestEnv;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 const STREAM: &str = "jobs";
@@ -33,12 +33,6 @@ const GROUP: &str = "g";
 const PROMPT: Duration = Duration::from_secs(10);
 /// Bound on every event of a scenario being settled.
 const SETTLE: Duration = Duration::from_secs(20);
-
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(stream = "jobs")]
-struct Job {
-    n: u64,
-}
 
 /// Every handler run: event number → `(attempt, succeeded)` in order.
 type RunLog = BTreeMap<u64, Vec<(u32, bool)>>;

@@ -1,6 +1,7 @@
 //! Foundation behaviour against a real Redis: fan-out, worker pools, late groups, back-pressure,
 //! graceful shutdown, input validation, garbage entries, connect-time checks.
 
+use bus_core::testing::RedisAccess;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -178,13 +179,7 @@ async fn a_late_group_gets_events_published_before_it_existed() {
     let env = TestEnv::new("late").await;
     publish_orders(&env.bus, 0..100).await;
     let rec = Recorder::new();
-    let w = env
-        .bus
-        .worker()
-        .subscribe(recording("late", &rec))
-        .start()
-        .await
-        .expect("start");
+    let w = env.start(recording("late", &rec)).await;
     rec.wait_for(T, "100 old events", |s| s.len() == 100).await;
     w.shutdown().await.expect("shutdown");
     assert_eq!(rec.total(), 100);
@@ -304,13 +299,7 @@ async fn shutdown_finishes_and_acks_in_flight_events_and_loses_none() {
 
     // The rest is still there for the next worker; nothing is lost or repeated.
     let rec2 = Recorder::new();
-    let w2 = env
-        .bus
-        .worker()
-        .subscribe(recording("g", &rec2))
-        .start()
-        .await
-        .expect("start");
+    let w2 = env.start(recording("g", &rec2)).await;
     let want = 20 - first.len();
     rec2.wait_for(T, "the remaining events", |s| s.len() == want)
         .await;
@@ -378,13 +367,7 @@ async fn shutdown_releases_handlers_that_outlive_the_grace_period() {
 async fn consumers_leave_their_group_on_clean_shutdown() {
     let env = TestEnv::new("leave").await;
     let rec = Recorder::new();
-    let w = env
-        .bus
-        .worker()
-        .subscribe(recording("g", &rec))
-        .start()
-        .await
-        .expect("start");
+    let w = env.start(recording("g", &rec)).await;
     publish_orders(&env.bus, 0..5).await;
     rec.wait_for(T, "5 events", |s| s.len() == 5).await;
     w.shutdown().await.expect("shutdown");
@@ -515,13 +498,7 @@ async fn bad_names_and_oversized_payloads_are_rejected_with_nothing_written() {
 async fn garbage_entries_are_dead_lettered_and_never_stop_the_worker() {
     let env = TestEnv::new("garbage").await;
     let rec = Recorder::new();
-    let w = env
-        .bus
-        .worker()
-        .subscribe(recording("g", &rec))
-        .start()
-        .await
-        .expect("start");
+    let w = env.start(recording("g", &rec)).await;
     let key = env.bus.stream_key("orders").expect("key");
     let r = env.bus.redis();
     let garbage: Vec<Vec<(Value, Value)>> = vec![

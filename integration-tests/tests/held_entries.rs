@@ -7,6 +7,7 @@
 //! time); the ones in `mod new_options` at the end use options the old core did not have
 //! (`handler_timeout`, `max_held`).
 
+use bus_core::testing::RedisAccess;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

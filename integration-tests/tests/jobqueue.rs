@@ -1,22 +1,17 @@
 //! Job-queue capabilities: delayed and scheduled publish (with competing movers that get killed),
 //! de-duplicated publish.
 
+use bus_core::testing::RedisAccess;
+use integration_tests::fixtures::Job;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use bus_core::{subscriber_fn, Event, PublishOptions, SubscriberOptions};
+use bus_core::{subscriber_fn, PublishOptions, SubscriberOptions};
 use fred::prelude::*;
 use integration_tests::procs::{Task, TempDir, WorkerArgs, WorkerProc};
 use integration_tests::{eventually, Recorder, TestEnv};
-use serde::{Deserialize, Serialize};
 
 const T: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(stream = "jobs")]
-struct Job {
-    n: u64,
-}
 
 async fn redis_ms(env: &TestEnv) -> u64 {
     integration_tests::support::redis_now_ms(&env.bus).await
@@ -337,13 +332,7 @@ fn tracked(group: &str) -> impl bus_core::Subscriber<Event = Job> {
 async fn status_results_and_completion_waiting() {
     use bus_core::State;
     let env = TestEnv::new("status").await;
-    let w = env
-        .bus
-        .worker()
-        .subscribe(tracked("g"))
-        .start()
-        .await
-        .expect("start");
+    let w = env.start(tracked("g")).await;
     let ok = env.bus.publish(&Job { n: 4 }).await.expect("publish");
     let st = env
         .bus

@@ -1,20 +1,15 @@
 //! Key layout: no two groups or lanes share a side key, names with glob characters are matched
 //! literally, and attempt records written under the 0.1 layout are adopted.
 
+use bus_core::testing::RedisAccess;
+use integration_tests::fixtures::Job;
 use std::time::Duration;
 
-use bus_core::{Bus, Event, HandlerError, Priority, PublishOptions, SubscriberOptions};
+use bus_core::{Bus, HandlerError, Priority, PublishOptions, SubscriberOptions};
 use fred::prelude::*;
 use fred::types::Value;
 use integration_tests::support::start_worker;
 use integration_tests::{eventually, Recorder, TestEnv};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(stream = "keys")]
-struct Job {
-    n: u64,
-}
 
 const T: Duration = Duration::from_secs(10);
 
@@ -27,10 +22,10 @@ async fn publish_at(env: &TestEnv, job: &Job, lane: Priority, id: &str) {
         .await
         .expect("publish");
     let key = match lane {
-        Priority::Normal => env.bus.stream_key("keys").expect("key"),
+        Priority::Normal => env.bus.stream_key("jobs").expect("key"),
         other => format!(
             "{}:{}",
-            env.bus.stream_key("keys").expect("key"),
+            env.bus.stream_key("jobs").expect("key"),
             other.as_str()
         ),
     };
@@ -86,7 +81,7 @@ async fn groups_whose_names_end_like_a_lane_keep_their_own_attempt_records() {
         }),
     )
     .await;
-    let high_records = format!("{}:{{keys}}:retry:high:billing", env.prefix);
+    let high_records = format!("{}:{{jobs}}:retry:high:billing", env.prefix);
     let billing_record = || async {
         let r: Option<String> = env
             .bus
@@ -131,7 +126,7 @@ async fn groups_whose_names_end_like_a_lane_keep_their_own_attempt_records() {
     })
     .await;
     eventually(T, "billing:high has nothing pending", || async {
-        integration_tests::support::pending(&env.bus, "keys", "billing:high").await == 0
+        integration_tests::support::pending(&env.bus, "jobs", "billing:high").await == 0
     })
     .await;
     // billing's retry is still waiting, untouched by the other group.
@@ -169,7 +164,7 @@ async fn streams_are_listed_for_a_prefix_with_glob_characters() {
         bus.publish(&Job { n: 1 }).await.expect("publish");
     }
     let listed = bracket.streams().await.expect("streams");
-    assert_eq!(listed, vec!["keys".to_owned()], "prefix with brackets");
+    assert_eq!(listed, vec!["jobs".to_owned()], "prefix with brackets");
     let listed = star.streams().await.expect("streams");
     assert!(
         listed.is_empty(),
@@ -188,11 +183,11 @@ async fn streams_are_listed_for_a_prefix_with_glob_characters() {
 async fn attempt_records_under_the_old_key_are_adopted_at_start() {
     let env = TestEnv::new("adopt").await;
     let p = env.bus.publish(&Job { n: 7 }).await.expect("publish");
-    integration_tests::support::create_group(&env.bus, "keys", "g").await;
-    integration_tests::support::read_as(&env.bus, "keys", "g", "old-worker", 10).await;
+    integration_tests::support::create_group(&env.bus, "jobs", "g").await;
+    integration_tests::support::read_as(&env.bus, "jobs", "g", "old-worker", 10).await;
     // What a 0.1 worker wrote after a failed attempt: retry in 2 s (Redis clock), one attempt
     // charged.
-    let old_key = format!("{}:{{keys}}:retry:g", env.prefix);
+    let old_key = format!("{}:{{jobs}}:retry:g", env.prefix);
     let due = integration_tests::support::redis_now_ms(&env.bus).await + 2000;
     let record = format!("2|r|1||{due}|boom");
     let _: u64 = env

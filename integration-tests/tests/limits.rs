@@ -1,20 +1,15 @@
 //! Limits and hostile input: de-dup windows Redis would refuse, delayed events the mover cannot
 //! turn into entries, header limits at publish, oversized entries and long errors on consume.
 
+use bus_core::testing::RedisAccess;
+use integration_tests::fixtures::Job;
 use std::time::{Duration, SystemTime};
 
-use bus_core::{Error, Event, PublishOptions, SubscriberOptions};
+use bus_core::{Error, PublishOptions, SubscriberOptions};
 use fred::prelude::*;
 use fred::types::Value;
 use integration_tests::support::{recording, Rng};
 use integration_tests::{Recorder, TestEnv};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(stream = "limits")]
-struct Job {
-    n: u64,
-}
 
 async fn xlen(env: &TestEnv, key: &str) -> u64 {
     env.bus.redis().xlen(key).await.expect("XLEN")
@@ -23,7 +18,7 @@ async fn xlen(env: &TestEnv, key: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dedup_window_redis_would_refuse_writes_nothing_and_a_retry_publishes_once() {
     let env = TestEnv::new("dedupwin").await;
-    let key = env.bus.stream_key("limits").expect("key");
+    let key = env.bus.stream_key("jobs").expect("key");
     for window in [Duration::MAX, Duration::ZERO] {
         let r = env
             .bus
@@ -56,8 +51,8 @@ async fn a_dedup_window_redis_would_refuse_writes_nothing_and_a_retry_publishes_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_event_the_mover_cannot_move_is_set_aside_and_the_rest_keep_moving() {
     let env = TestEnv::new("mover").await;
-    let delayed = format!("{}:{{limits}}:delayed", env.prefix);
-    let aside = format!("{}:{{limits}}:delayed-dlq", env.prefix);
+    let delayed = format!("{}:{{jobs}}:delayed", env.prefix);
+    let aside = format!("{}:{{jobs}}:delayed-dlq", env.prefix);
     let r = env.bus.redis();
     // Bad members due first: a nested value (XADD refuses a table argument), a field list too
     // long for Lua's unpack, and bytes that are not MessagePack at all.
@@ -107,7 +102,7 @@ async fn a_delayed_event_the_mover_cannot_move_is_set_aside_and_the_rest_keep_mo
         (0..5).all(|n| m.contains_key(&n.to_string()))
     })
     .await;
-    assert_eq!(env.bus.delayed_count("limits").await.expect("count"), 0);
+    assert_eq!(env.bus.delayed_count("jobs").await.expect("count"), 0);
     let rows: Value = r
         .xrange(aside.as_str(), "-", "+", None)
         .await
@@ -139,13 +134,13 @@ async fn a_delayed_event_with_more_fields_than_the_mover_can_move_is_refused_at_
         .publish_after_with(&Job { n: 1 }, Duration::from_millis(10), opts)
         .await;
     assert!(matches!(r, Err(Error::Config(_))), "{r:?}");
-    assert_eq!(env.bus.delayed_count("limits").await.expect("count"), 0);
+    assert_eq!(env.bus.delayed_count("jobs").await.expect("count"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_over_the_limits_are_refused_and_nothing_is_written() {
     let env = TestEnv::new("headers").await;
-    let key = env.bus.stream_key("limits").expect("key");
+    let key = env.bus.stream_key("jobs").expect("key");
     let mut many = PublishOptions::new();
     for i in 0..=bus_core::DEFAULT_MAX_HEADERS {
         many = many.header(format!("h{i}"), "x");
@@ -166,7 +161,7 @@ async fn headers_over_the_limits_are_refused_and_nothing_is_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_entry_is_dead_lettered_undecoded_and_long_errors_are_cut() {
     let env = TestEnv::new("toolarge").await;
-    let key = env.bus.stream_key("limits").expect("key");
+    let key = env.bus.stream_key("jobs").expect("key");
     // Another producer writes a 3 MiB entry; the bus then publishes a normal one and one whose
     // handler fails with a 20 KiB error.
     let _: String = env
@@ -202,7 +197,7 @@ async fn an_oversized_entry_is_dead_lettered_undecoded_and_long_errors_are_cut()
         }),
     )
     .await;
-    let dlq = env.bus.dead_letters("limits", "g").expect("dlq");
+    let dlq = env.bus.dead_letters("jobs", "g").expect("dlq");
     integration_tests::eventually(Duration::from_secs(10), "two dead letters", || async {
         dlq.count().await.expect("count") == 2 && rec.snapshot().contains_key("1")
     })
@@ -282,7 +277,7 @@ fn rmp_serde_payload(n: u64) -> Vec<u8> {
 async fn a_worker_fed_hostile_entries_among_good_ones_handles_every_good_one_and_dead_letters_the_rest(
 ) {
     let env = TestEnv::new("hostile").await;
-    let key = env.bus.stream_key("limits").expect("key");
+    let key = env.bus.stream_key("jobs").expect("key");
     let mut rng = Rng(0x5eed_cafe);
     let mut expected: std::collections::HashMap<&'static str, u64> = Default::default();
     let good = 150u64;
@@ -316,7 +311,7 @@ async fn a_worker_fed_hostile_entries_among_good_ones_handles_every_good_one_and
         ),
     )
     .await;
-    let dlq = env.bus.dead_letters("limits", "g").expect("dlq");
+    let dlq = env.bus.dead_letters("jobs", "g").expect("dlq");
     integration_tests::eventually(
         Duration::from_secs(30),
         "good handled, bad dead-lettered",
@@ -335,7 +330,7 @@ async fn a_worker_fed_hostile_entries_among_good_ones_handles_every_good_one_and
         .collect();
     assert_eq!(got, expected);
     assert_eq!(
-        integration_tests::pending_count(&env.bus, "limits", "g").await,
+        integration_tests::pending_count(&env.bus, "jobs", "g").await,
         Some(0)
     );
     // Still alive: a new event after all that is handled.
@@ -374,10 +369,10 @@ async fn the_dead_letter_stream_keeps_at_most_its_cap() {
     })
     .await;
     integration_tests::eventually(Duration::from_secs(10), "nothing pending", || async {
-        integration_tests::pending_count(&env.bus, "limits", "g").await == Some(0)
+        integration_tests::pending_count(&env.bus, "jobs", "g").await == Some(0)
     })
     .await;
-    let dlq = env.bus.dead_letters("limits", "g").expect("dlq");
+    let dlq = env.bus.dead_letters("jobs", "g").expect("dlq");
     assert_eq!(
         dlq.count().await.expect("count"),
         5,

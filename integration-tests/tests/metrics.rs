@@ -2,19 +2,14 @@
 //! pending). One test per binary:
 //! the recorder is process-global.
 
+use bus_core::testing::RedisAccess;
+use integration_tests::fixtures::Job;
 use std::time::Duration;
 
-use bus_core::{subscriber_fn, Event, HandlerError, SubscriberOptions};
+use bus_core::{subscriber_fn, HandlerError, SubscriberOptions};
 use fred::prelude::*;
 use integration_tests::{eventually, TestEnv};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(stream = "jobs")]
-struct Job {
-    n: u64,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_are_counted() {

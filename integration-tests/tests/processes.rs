@@ -1,6 +1,7 @@
 //! Real processes, real faults: SIGKILLed and SIGTERMed worker processes, poison pills that abort
 //! the process, Redis killed and restarted (AOF), Redis stalled with SIGSTOP.
 
+use bus_core::testing::RedisAccess;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 

@@ -2,10 +2,12 @@
 //! leases, replay and purge of dead letters, consumer reaping, vanished groups, deleted entries.
 //! Faults that need real processes (SIGKILL, Redis restarts and stalls) are in `processes.rs`.
 
+use bus_core::testing::RedisAccess;
+use integration_tests::fixtures::Job;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bus_core::{subscriber_fn, Bus, Event, HandlerError, SubscriberOptions};
+use bus_core::{subscriber_fn, Bus, HandlerError, SubscriberOptions, WorkerHandle};
 use fred::prelude::*;
 use fred::types::Value;
 use integration_tests::{eventually, Recorder, TestEnv};
@@ -15,15 +17,8 @@ async fn pending(bus: &Bus, group: &str) -> u64 {
         .await
         .expect("XPENDING")
 }
-use serde::{Deserialize, Serialize};
 
 const T: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(stream = "jobs")]
-struct Job {
-    n: u64,
-}
 
 /// (attempt, when) for every handler start.
 type Starts = Arc<Mutex<Vec<(u32, Instant)>>>;
@@ -34,6 +29,26 @@ fn starts() -> Starts {
 
 fn attempts_of(s: &Starts) -> Vec<u32> {
     s.lock().expect("lock").iter().map(|(a, _)| *a).collect()
+}
+
+/// A pool of two workers of group `g` (visibility timeout 600 ms) whose handler records when each
+/// attempt starts, then does what `attempt` does with the attempt number.
+async fn timed_pool<F, Fut>(env: &TestEnv, st: &Starts, attempt: F) -> Vec<WorkerHandle>
+where
+    F: Fn(u32) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    env.pool(2, || {
+        let (st, attempt) = (st.clone(), attempt.clone());
+        let opts = SubscriberOptions::new("g").visibility_timeout(Duration::from_millis(600));
+        subscriber_fn(opts, move |_j: Job, ctx| {
+            st.lock()
+                .expect("lock")
+                .push((ctx.attempt(), Instant::now()));
+            attempt(ctx.attempt())
+        })
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,34 +114,17 @@ async fn failing_handlers_are_retried_with_growing_delays_then_dead_lettered_wit
 async fn retry_after_longer_than_the_visibility_timeout_is_honoured_by_the_whole_pool() {
     let env = TestEnv::new("retryafter").await;
     let st = starts();
-    let mut workers = Vec::new();
-    for _ in 0..2 {
-        let s2 = st.clone();
-        let opts = SubscriberOptions::new("g").visibility_timeout(Duration::from_millis(600));
-        let bus = env.another_bus().await;
-        workers.push(
-            bus.worker()
-                .subscribe(subscriber_fn(opts, move |_j: Job, ctx| {
-                    let s2 = s2.clone();
-                    async move {
-                        s2.lock()
-                            .expect("lock")
-                            .push((ctx.attempt(), Instant::now()));
-                        if ctx.attempt() == 1 {
-                            Err(HandlerError::retry_after(
-                                Duration::from_millis(2500),
-                                "later",
-                            ))
-                        } else {
-                            Ok(())
-                        }
-                    }
-                }))
-                .start()
-                .await
-                .expect("start"),
-        );
-    }
+    let workers = timed_pool(&env, &st, |attempt| async move {
+        if attempt == 1 {
+            Err(HandlerError::retry_after(
+                Duration::from_millis(2500),
+                "later",
+            ))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     env.bus.publish(&Job { n: 1 }).await.expect("publish");
     eventually(T, "the second attempt", || async {
         attempts_of(&st).len() >= 2
@@ -200,28 +198,11 @@ async fn panics_are_caught_and_count_as_failed_attempts() {
 async fn a_slow_handler_with_a_live_lease_runs_once() {
     let env = TestEnv::new("lease").await;
     let st = starts();
-    let mut workers = Vec::new();
-    for _ in 0..2 {
-        let s2 = st.clone();
-        let opts = SubscriberOptions::new("g").visibility_timeout(Duration::from_millis(600));
-        let bus = env.another_bus().await;
-        workers.push(
-            bus.worker()
-                .subscribe(subscriber_fn(opts, move |_j: Job, ctx| {
-                    let s2 = s2.clone();
-                    async move {
-                        s2.lock()
-                            .expect("lock")
-                            .push((ctx.attempt(), Instant::now()));
-                        tokio::time::sleep(Duration::from_millis(2500)).await;
-                        Ok::<_, HandlerError>(())
-                    }
-                }))
-                .start()
-                .await
-                .expect("start"),
-        );
-    }
+    let workers = timed_pool(&env, &st, |_| async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        Ok(())
+    })
+    .await;
     env.bus.publish(&Job { n: 1 }).await.expect("publish");
     eventually(T, "the ack", || async {
         !attempts_of(&st).is_empty() && pending(&env.bus, "g").await == 0

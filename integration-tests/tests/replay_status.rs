@@ -1,6 +1,7 @@
 //! Replaying dead letters while the group keeps failing, replays of undecodable entries, and the
 //! Pub/Sub subscriptions behind `wait_for` (cancelled waiters, subscribe/unsubscribe races).
 
+use bus_core::testing::RedisAccess;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

@@ -1,24 +1,18 @@
 //! Trace propagation with the `opentelemetry` feature: the publisher's trace context travels in the event's
 //! headers (W3C `traceparent`) and the handler's `handle` span continues it.
 
+use integration_tests::fixtures::Order;
 use std::time::Duration;
 
-use bus_core::{Context, Event, PublishOptions, SubscriberOptions};
+use bus_core::{Context, PublishOptions, SubscriberOptions};
 use integration_tests::{eventually, TestEnv};
 use opentelemetry::trace::{TraceContextExt, TraceId, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
-
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(stream = "orders")]
-struct Order {
-    n: u64,
-}
 
 /// What a handler saw: the event, its span's trace id, the traceparent header it got.
 type Seen = (u64, TraceId, Option<String>);

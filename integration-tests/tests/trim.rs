@@ -1,6 +1,7 @@
 //! Trimming on long streams: exact results from bounded steps, Redis never blocked by a trim,
 //! and a retention for streams that have no group.
 
+use bus_core::testing::RedisAccess;
 use std::time::Duration;
 
 use bus_core::{Bus, Retention};

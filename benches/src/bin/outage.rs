@@ -40,6 +40,7 @@
 //! `outage-<random>:` and is deleted at the end, also on error, timeout, Ctrl-C or SIGTERM; the worker
 //! process is killed if the parent stops early and exits by itself if the parent goes away.
 
+use bus_core::testing::RedisAccess;
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};

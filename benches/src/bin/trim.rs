@@ -26,6 +26,7 @@
 //!
 //! Nothing is asserted; figures are reported.
 
+use bus_core::testing::RedisAccess;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! The run (where to connect, the unique prefix, every bus made, the clean-up), the raw side of a
 //! phase, and the helpers the workloads share: backlogs, timed drains by a worker, progress lines.
 
+use bus_core::testing::RedisAccess;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! W1 (publish one by one, concurrently and in batches) and the raw XADD ceilings.
 
+use bus_core::testing::RedisAccess;
 use std::time::Instant;
 
 use benches::raw;
