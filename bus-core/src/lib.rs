@@ -54,7 +54,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let ctx = Context::builder().attempt(1).build();
 //! assert!(charge(OrderPlaced { order_id: 0 }, &ctx).await.unwrap_err().is_reject());
-//! assert_eq!(charge::subscriber().options().group(), "billing");
+//! assert_eq!(charge::subscriber().options().get_group(), "billing");
 //! # }
 //! ```
 //!

@@ -65,7 +65,7 @@ pub enum UnknownTypes {
 ///     .concurrency(16)
 ///     .max_attempts(5)
 ///     .visibility_timeout(Duration::from_secs(30));
-/// assert_eq!(opts.group(), "billing");
+/// assert_eq!(opts.get_group(), "billing");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberOptions {
@@ -116,7 +116,7 @@ impl SubscriberOptions {
     }
 
     /// The consumer group.
-    pub fn group(&self) -> &str {
+    pub fn get_group(&self) -> &str {
         &self.group
     }
 
@@ -211,9 +211,14 @@ impl SubscriberOptions {
         (self.status_ttl, self.status_safety_ttl)
     }
 
-    /// The retry backoff bounds `(min, max)`.
-    pub fn get_backoff(&self) -> (Duration, Duration) {
-        (self.backoff_min, self.backoff_max)
+    /// The shortest retry delay.
+    pub fn get_backoff_min(&self) -> Duration {
+        self.backoff_min
+    }
+
+    /// The longest retry delay.
+    pub fn get_backoff_max(&self) -> Duration {
+        self.backoff_max
     }
 
     /// How many entries a worker may read beyond its free handler slots (default 0: it reads

@@ -31,7 +31,7 @@ use proc_macro::TokenStream;
 ///
 /// // Register it with `worker.subscribe(charge::subscriber())`.
 /// let options = charge::subscriber().options();
-/// assert_eq!(options.group(), "billing");
+/// assert_eq!(options.get_group(), "billing");
 /// assert_eq!(options.get_concurrency(), 16);
 /// ```
 ///

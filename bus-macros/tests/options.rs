@@ -60,16 +60,14 @@ async fn short_names(_order: OrderPlaced) {}
 #[test]
 fn every_option_carries_its_value() {
     let o = charge::subscriber().options();
-    assert_eq!(o.group(), "billing");
+    assert_eq!(o.get_group(), "billing");
     assert_eq!(o.get_concurrency(), 8);
     assert_eq!(o.get_max_attempts(), 7);
     assert_eq!(o.get_visibility_timeout(), Duration::from_secs(45));
     assert_eq!(o.get_start_from(), StartFrom::NewEvents);
     assert_eq!(o.get_block_timeout(), Duration::from_millis(750));
-    assert_eq!(
-        o.get_backoff(),
-        (Duration::from_millis(200), Duration::from_secs(120))
-    );
+    assert_eq!(o.get_backoff_min(), Duration::from_millis(200));
+    assert_eq!(o.get_backoff_max(), Duration::from_secs(120));
     assert!(o.get_track_status());
     assert_eq!(
         o.get_status_ttl(),

@@ -98,8 +98,8 @@ impl Group {
         stop: watch::Receiver<bool>,
     ) -> Self {
         let opts = handlers.options();
-        let names = ContextNames::new(handlers.stream(), opts.group(), &consumer);
-        let metrics = SubscriberMetrics::new(handlers.stream(), opts.group());
+        let names = ContextNames::new(handlers.stream(), opts.get_group(), &consumer);
+        let metrics = SubscriberMetrics::new(handlers.stream(), opts.get_group());
         let lanes = keys.lanes.len();
         Group {
             slots: Arc::new(Semaphore::new(opts.get_concurrency())),
@@ -126,7 +126,7 @@ impl Group {
     }
 
     pub(crate) fn group(&self) -> &str {
-        self.opts().group()
+        self.opts().get_group()
     }
 
     pub(crate) fn stream(&self) -> &'static str {
@@ -171,7 +171,7 @@ impl Group {
     /// Backoff before the attempt after `attempt`: exponential from `backoff_min`, capped at
     /// `backoff_max`, with "equal jitter" (a random point in the upper half).
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        let (lo, hi) = self.opts().get_backoff();
+        let (lo, hi) = (self.opts().get_backoff_min(), self.opts().get_backoff_max());
         let exp = attempt.saturating_sub(1).min(31);
         let base = lo.saturating_mul(1u32 << exp).min(hi);
         let r = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;

@@ -65,7 +65,7 @@ impl HandlerSet {
             let options = h.options();
             let found = sets
                 .iter_mut()
-                .find(|s| s.stream == h.stream() && s.options.group() == options.group());
+                .find(|s| s.stream == h.stream() && s.options.get_group() == options.get_group());
             match found {
                 None => sets.push(HandlerSet {
                     stream: h.stream(),
@@ -78,7 +78,7 @@ impl HandlerSet {
                             "handlers of group {} on stream {} have different options ({:?} and \
                              {:?}): handlers sharing a group share one reader, one concurrency \
                              budget and one set of options",
-                            options.group(),
+                            options.get_group(),
                             set.stream,
                             set.options,
                             options
@@ -88,7 +88,7 @@ impl HandlerSet {
                         return Err(Error::Config(format!(
                             "two handlers for event type {} in group {} on stream {}",
                             h.event_name(),
-                            options.group(),
+                            options.get_group(),
                             set.stream
                         )));
                     }

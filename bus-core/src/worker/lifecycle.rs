@@ -45,22 +45,22 @@ impl GroupRunner {
         stop: watch::Receiver<bool>,
     ) -> Result<Self> {
         let opts = handlers.options().clone();
-        let keys = GroupKeys::new(conn, handlers.stream(), opts.group());
+        let keys = GroupKeys::new(conn, handlers.stream(), opts.get_group());
         let client = conn.client.clone();
         let start = match opts.get_start_from() {
             StartFrom::Beginning => "0",
             StartFrom::NewEvents => "$",
         };
         for (p, lane) in Priority::ALL.iter().zip(&keys.lanes) {
-            let legacy = keys.stream.legacy_lane_retries(*p, opts.group());
+            let legacy = keys.stream.legacy_lane_retries(*p, opts.get_group());
             if redis::adopt_renamed_key(&client, &legacy, &lane.records).await? {
                 tracing::info!(from = %legacy, to = %lane.records, "moved attempt records to their new key");
             }
-            if redis::ensure_group(&client, &lane.stream, opts.group(), start).await? {
+            if redis::ensure_group(&client, &lane.stream, opts.get_group(), start).await? {
                 tracing::info!(
                     stream = handlers.stream(),
                     key = %lane.stream,
-                    group = opts.group(),
+                    group = opts.get_group(),
                     start,
                     "created consumer group"
                 );
@@ -78,7 +78,7 @@ impl GroupRunner {
                 client.clone(),
                 lane.stream.clone(),
                 lane.records.clone(),
-                opts.group().to_owned(),
+                opts.get_group().to_owned(),
                 unacked.clone(),
             );
             acks.push(a);

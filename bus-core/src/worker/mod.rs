@@ -245,12 +245,12 @@ impl Worker {
         }
         for sub in &self.subs {
             validate_name("stream", sub.stream())?;
-            validate_name("group", sub.options().group())?;
+            validate_name("group", sub.options().get_group())?;
         }
         let sets = HandlerSet::group_all(self.subs)?;
         for set in &sets {
             let opts = set.options();
-            let what = format!("group {} on stream {}", opts.group(), set.stream());
+            let what = format!("group {} on stream {}", opts.get_group(), set.stream());
             if opts.get_concurrency() == 0 {
                 return Err(Error::Config(format!(
                     "{what}: concurrency must be at least 1"

@@ -38,11 +38,11 @@ mod nested {
 }
 
 fn main() {
-    assert_eq!(charge::subscriber().options().group(), "billing");
-    assert_eq!(without_context::subscriber().options().group(), "email");
-    assert_eq!(returns_unit::subscriber().options().group(), "unit");
-    assert_eq!(named_lifetime::subscriber().options().group(), "named-lifetime");
-    assert_eq!(nested::audit::subscriber().options().group(), "crate-visible");
+    assert_eq!(charge::subscriber().options().get_group(), "billing");
+    assert_eq!(without_context::subscriber().options().get_group(), "email");
+    assert_eq!(returns_unit::subscriber().options().get_group(), "unit");
+    assert_eq!(named_lifetime::subscriber().options().get_group(), "named-lifetime");
+    assert_eq!(nested::audit::subscriber().options().get_group(), "crate-visible");
     assert_eq!(<OrderPlaced as Event>::NAME, "order.placed");
     // The handler is still a plain function.
     let ctx = Context::builder().build();

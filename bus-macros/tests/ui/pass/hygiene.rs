@@ -60,6 +60,6 @@ mod shadowing {
 fn main() {
     use bus_core::Subscriber as _;
     let o = shadowing::charge::subscriber().options();
-    assert_eq!(o.group(), "billing");
+    assert_eq!(o.get_group(), "billing");
     assert_eq!(<shadowing::OrderPlaced as bus_core::Event>::STREAM, "orders");
 }
