@@ -1,7 +1,6 @@
 //! Dead letters: events a group gave up on, kept in a per-group stream
 //! `<prefix>:{<stream>}:dlq:<group>` with the original entry and why it failed.
 
-use fred::prelude::*;
 use fred::types::Value;
 
 use crate::bus::Bus;
@@ -114,20 +113,18 @@ impl DeadLetters {
 
     /// Up to `limit` dead letters from id `start` on (inclusive), for paging.
     pub async fn range(&self, start: &str, limit: usize) -> Result<Vec<DeadLetter>> {
-        let reply: Value = self
-            .conn
-            .client
-            .xrange(self.key.as_str(), start, "+", Some(limit as u64))
-            .await?;
-        Ok(redis::parse_entries(reply)
-            .into_iter()
-            .map(DeadLetter::from_entry)
-            .collect())
+        Ok(
+            redis::entries(&self.conn.client, &self.key, start, "+", limit)
+                .await?
+                .into_iter()
+                .map(DeadLetter::from_entry)
+                .collect(),
+        )
     }
 
     /// How many dead letters there are.
     pub async fn count(&self) -> Result<u64> {
-        Ok(self.conn.client.xlen(self.key.as_str()).await?)
+        redis::stream_len(&self.conn.client, &self.key).await
     }
 
     /// Sends the given dead letters (by [`DeadLetter::id`]) back to this group only: other groups
@@ -181,37 +178,25 @@ impl DeadLetters {
 
     /// The id of the newest dead letter, if there is any.
     async fn newest_id(&self) -> Result<Option<String>> {
-        let reply: Value = self
-            .conn
-            .client
-            .xrevrange(self.key.as_str(), "+", "-", Some(1))
-            .await?;
-        Ok(redis::parse_entries(reply).into_iter().next().map(|e| e.id))
+        redis::last_entry_id(&self.conn.client, &self.key).await
     }
 
     /// Up to `limit` dead-letter ids from `start` to `end` (XRANGE bounds, `(` = exclusive).
     async fn ids_between(&self, start: &str, end: &str, limit: usize) -> Result<Vec<String>> {
-        let reply: Value = self
-            .conn
-            .client
-            .xrange(self.key.as_str(), start, end, Some(limit as u64))
-            .await?;
-        Ok(redis::parse_entries(reply)
-            .into_iter()
-            .map(|e| e.id)
-            .collect())
+        Ok(
+            redis::entries(&self.conn.client, &self.key, start, end, limit)
+                .await?
+                .into_iter()
+                .map(|e| e.id)
+                .collect(),
+        )
     }
 
     /// Deletes the given dead letters. Returns how many were deleted.
     pub async fn purge(&self, ids: &[String]) -> Result<u64> {
         let mut n = 0;
         for chunk in ids.chunks(CHUNK) {
-            let deleted: u64 = self
-                .conn
-                .client
-                .xdel(self.key.as_str(), chunk.to_vec())
-                .await?;
-            n += deleted;
+            n += redis::delete_entries(&self.conn.client, &self.key, chunk.to_vec()).await?;
         }
         Ok(n)
     }
@@ -219,11 +204,7 @@ impl DeadLetters {
     /// Deletes every dead letter of this group. Returns exactly how many were deleted (the count
     /// and the delete run in one transaction; `UNLINK` frees the memory off Redis's main thread).
     pub async fn purge_all(&self) -> Result<u64> {
-        let tx = self.conn.client.multi();
-        let () = tx.xlen(self.key.as_str()).await?;
-        let () = tx.unlink(self.key.as_str()).await?;
-        let (n, _): (u64, u64) = tx.exec(true).await?;
-        Ok(n)
+        redis::count_and_unlink_stream(&self.conn.client, &self.key).await
     }
 }
 

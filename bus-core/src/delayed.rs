@@ -10,7 +10,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fred::prelude::*;
 use fred::types::Value;
 use tokio::sync::watch;
 
@@ -140,7 +139,7 @@ impl Bus {
     /// How many events wait in a stream's delayed set.
     pub async fn delayed_count(&self, stream: &str) -> Result<u64> {
         crate::names::validate_name("stream", stream)?;
-        Ok(self.conn.client.zcard(self.keys(stream).delayed()).await?)
+        redis::set_len(&self.conn.client, &self.keys(stream).delayed()).await
     }
 }
 

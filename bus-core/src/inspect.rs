@@ -1,12 +1,12 @@
 //! Read-only inspection for operators (the `streambus` CLI uses it): streams, lanes, groups, lag,
 //! pending, dead letters, delayed events.
 
-use fred::prelude::*;
 
 use crate::bus::Bus;
 use crate::conn::Conn;
 use crate::error::Result;
 use crate::names::{validate_name, Priority};
+use crate::redis;
 
 /// One consumer group of a stream, summed over the priority lanes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,7 @@ impl Bus {
         let mut groups: Vec<GroupInfo> = Vec::new();
         for p in Priority::ALL {
             let key = keys.lane(p);
-            let len: u64 = c.xlen(key.as_str()).await?;
+            let len = redis::stream_len(c, &key).await?;
             lane_lengths.push((p, len));
             for g in crate::redis::groups_of(c, &key).await? {
                 let (name, pending, lag, consumers) = (g.name, g.pending, g.lag, g.consumers);
@@ -92,7 +92,7 @@ impl Bus {
             }
         }
         for g in &mut groups {
-            g.dead_letters = c.xlen(keys.dead_letter(&g.name)).await?;
+            g.dead_letters = redis::stream_len(c, &keys.dead_letter(&g.name)).await?;
             let mut active = std::collections::HashSet::new();
             for p in Priority::ALL {
                 let consumers = crate::redis::consumers_of(c, &keys.lane(p), &g.name)
@@ -107,7 +107,7 @@ impl Bus {
             g.active_consumers = active.len() as u64;
         }
         groups.sort_by(|a, b| a.name.cmp(&b.name));
-        let delayed = c.zcard(keys.delayed()).await?;
+        let delayed = redis::set_len(c, &keys.delayed()).await?;
         Ok(StreamInfo {
             stream: stream.to_owned(),
             lane_lengths,
@@ -127,27 +127,20 @@ impl Bus {
         let c = &self.conn.client;
         let mut existed = false;
         for p in Priority::ALL {
-            let key = keys.lane(p);
-            let destroyed: std::result::Result<bool, _> =
-                c.xgroup_destroy(key.as_str(), group).await;
-            match destroyed {
-                Ok(d) => existed |= d,
-                Err(e) if e.details().contains("requires the key to exist") => {}
-                Err(e) => return Err(e.into()),
-            }
-            let _: u64 = c.unlink(keys.lane_retries(p, group)).await?;
+            existed |= redis::destroy_group(c, &keys.lane(p), group).await?;
+            redis::unlink(c, vec![keys.lane_retries(p, group)]).await?;
         }
         let dlq = keys.dead_letter(group);
         // Markers of recently settled entries expire by themselves; removed here all the same.
-        let markers: Vec<String> = crate::redis::scan_keys(c, &keys.settled_marker_pattern(group))
+        let markers: Vec<String> = redis::scan_keys(c, &keys.settled_marker_pattern(group))
             .await?
             .into_iter()
             .filter(|k| keys.marker_group(k) == Some(group))
             .collect();
         for chunk in markers.chunks(500) {
-            let _: u64 = c.unlink(chunk.to_vec()).await?;
+            redis::unlink(c, chunk.to_vec()).await?;
         }
-        let _: u64 = c.unlink(dlq).await?;
+        redis::unlink(c, vec![dlq]).await?;
         Ok(existed)
     }
 }

@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use fred::prelude::*;
 use fred::types::Value;
 use tracing::Instrument;
 
@@ -13,6 +12,7 @@ use crate::envelope;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::names::validate_name;
+use crate::redis;
 
 /// What [`Bus::publish`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,11 +242,7 @@ impl Bus {
         if let Some((replicas, timeout)) = opts.replicas {
             return self.publish_replicated::<E>(p, replicas, timeout).await;
         }
-        let entry_id: String = self
-            .conn
-            .client
-            .xadd(p.key.as_str(), false, None, "*", p.fields)
-            .await?;
+        let entry_id = redis::add_entry(&self.conn.client, &p.key, p.fields).await?;
         crate::metrics::published(E::STREAM, 1);
         Ok(Published {
             event_id: p.event_id,
@@ -261,15 +257,9 @@ impl Bus {
         replicas: u32,
         timeout: Duration,
     ) -> Result<Published> {
-        // One pipeline on the client's one connection: WAIT counts this connection's writes.
-        let pipeline = self.conn.client.pipeline();
-        let () = pipeline
-            .xadd(p.key.as_str(), false, None, "*", p.fields)
-            .await?;
-        let () = pipeline
-            .wait(i64::from(replicas), timeout.as_millis().max(1) as i64)
-            .await?;
-        let (entry_id, acked): (String, i64) = pipeline.all().await?;
+        let (entry_id, acked) =
+            redis::add_entry_and_wait(&self.conn.client, &p.key, p.fields, replicas, timeout)
+                .await?;
         crate::metrics::published(E::STREAM, 1);
         if acked < i64::from(replicas) {
             return Err(Error::NotReplicated {
@@ -335,15 +325,9 @@ impl Bus {
         if encoded.is_empty() {
             return Ok(Vec::new());
         }
-        // One key for the whole batch: clones share its bytes.
-        let key = fred::types::Key::from(self.keys(E::STREAM).lane(opts.priority));
-        let pipeline = self.conn.client.pipeline();
-        let mut event_ids = Vec::with_capacity(encoded.len());
-        for (event_id, fields) in encoded {
-            let () = pipeline.xadd(key.clone(), false, None, "*", fields).await?;
-            event_ids.push(event_id);
-        }
-        let entry_ids: Vec<String> = pipeline.all().await?;
+        let key = self.keys(E::STREAM).lane(opts.priority);
+        let (event_ids, entries): (Vec<String>, Vec<_>) = encoded.into_iter().unzip();
+        let entry_ids = redis::add_entries(&self.conn.client, &key, entries).await?;
         crate::metrics::published(E::STREAM, entry_ids.len() as u64);
         Ok(event_ids
             .into_iter()

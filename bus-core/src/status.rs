@@ -197,7 +197,7 @@ impl Bus {
     ) -> Result<HashMap<String, GroupStatus>> {
         crate::names::validate_name("stream", stream)?;
         let key = status_key(&self.conn, stream, event_id);
-        let fields: HashMap<String, Value> = self.conn.client.hgetall(key.as_str()).await?;
+        let fields = redis::hash_fields(&self.conn.client, &key).await?;
         Ok(parse_status(fields))
     }
 

@@ -6,7 +6,7 @@ use fred::types::Value;
 use std::collections::HashMap;
 
 use super::eval;
-use super::reply::{parse_pending_rows, value_string};
+use super::reply::{parse_autoclaim_justid, parse_entries, parse_pending_rows, value_string};
 use super::scripts;
 use crate::error::Result;
 
@@ -140,4 +140,191 @@ pub(crate) async fn pending_of(
         .xpending(key, group, ("-", "+", count, consumer))
         .await?;
     Ok(parse_pending_rows(rows))
+}
+
+/// An entry's fields as `XADD` takes them.
+pub(crate) type Fields = Vec<(fred::types::Key, Value)>;
+
+/// `XADD key * fields…`: the new entry's id.
+pub(crate) async fn add_entry(client: &Client, key: &str, fields: Fields) -> Result<String> {
+    Ok(client.xadd(key, false, None, "*", fields).await?)
+}
+
+/// `XADD` then `WAIT replicas timeout` in one pipeline on the client's one connection (`WAIT`
+/// counts that connection's writes): the new entry's id and how many replicas confirmed.
+pub(crate) async fn add_entry_and_wait(
+    client: &Client,
+    key: &str,
+    fields: Fields,
+    replicas: u32,
+    timeout: std::time::Duration,
+) -> Result<(String, i64)> {
+    let pipeline = client.pipeline();
+    let () = pipeline.xadd(key, false, None, "*", fields).await?;
+    let () = pipeline
+        .wait(i64::from(replicas), timeout.as_millis().max(1) as i64)
+        .await?;
+    Ok(pipeline.all().await?)
+}
+
+/// Many `XADD`s to one key in one pipeline: the new entries' ids, in order.
+pub(crate) async fn add_entries(
+    client: &Client,
+    key: &str,
+    entries: impl IntoIterator<Item = Fields>,
+) -> Result<Vec<String>> {
+    // One key for the whole batch: clones share its bytes.
+    let key = fred::types::Key::from(key);
+    let pipeline = client.pipeline();
+    for fields in entries {
+        let () = pipeline.xadd(key.clone(), false, None, "*", fields).await?;
+    }
+    Ok(pipeline.all().await?)
+}
+
+/// Acknowledges `ids` in a group and, in the same pipeline, deletes the attempt records of
+/// `with_records` (a subset of `ids`).
+pub(crate) async fn ack(
+    client: &Client,
+    key: &str,
+    group: &str,
+    ids: &[&str],
+    records: &str,
+    with_records: &[&str],
+) -> Result<()> {
+    if with_records.is_empty() {
+        let _: u64 = client.xack(key, group, ids.to_vec()).await?;
+        return Ok(());
+    }
+    let p = client.pipeline();
+    let () = p.xack(key, group, ids.to_vec()).await?;
+    let () = p.hdel(records, with_records.to_vec()).await?;
+    let _: Vec<u64> = p.all().await?;
+    Ok(())
+}
+
+/// `XREADGROUP GROUP group consumer COUNT count [BLOCK ms] STREAMS keys… > …` on `reader` (a
+/// client with its own command options). `None` when nothing arrived.
+pub(crate) async fn read_new<C: StreamsInterface + Sync>(
+    reader: &C,
+    keys: Vec<String>,
+    group: &str,
+    consumer: &str,
+    count: usize,
+    block_ms: Option<u64>,
+) -> Result<Value> {
+    let ids = vec![">"; keys.len()];
+    Ok(reader
+        .xreadgroup(
+            group,
+            consumer,
+            Some(count as u64),
+            block_ms,
+            false,
+            keys,
+            ids,
+        )
+        .await?)
+}
+
+/// One `XAUTOCLAIM … JUSTID` page: `(next cursor, claimed ids, deleted ids)`, `None` for a reply
+/// of an unexpected shape.
+pub(crate) async fn autoclaim_page(
+    client: &Client,
+    key: &str,
+    group: &str,
+    consumer: &str,
+    min_idle: std::time::Duration,
+    cursor: &str,
+    count: usize,
+) -> Result<Option<(String, Vec<String>, Vec<String>)>> {
+    let reply: Value = client
+        .xautoclaim(
+            key,
+            group,
+            consumer,
+            min_idle.as_millis() as u64,
+            cursor,
+            Some(count as u64),
+            true,
+        )
+        .await?;
+    Ok(parse_autoclaim_justid(reply))
+}
+
+/// Whether Redis answers a `PING` within `within`.
+pub(crate) async fn answers(client: &Client, within: std::time::Duration) -> bool {
+    matches!(
+        tokio::time::timeout(within, client.ping::<Value>(None)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Deletes fields of a hash; errors are ignored (the caller only tidies up).
+pub(crate) async fn forget_fields(client: &Client, key: &str, fields: Vec<String>) {
+    let _: std::result::Result<i64, _> = client.hdel(key, fields).await;
+}
+
+/// Every field of a hash.
+pub(crate) async fn hash_fields(client: &Client, key: &str) -> Result<HashMap<String, Value>> {
+    Ok(client.hgetall(key).await?)
+}
+
+/// Entries from `start` to `end` (`XRANGE` bounds), at most `limit`.
+pub(crate) async fn entries(
+    client: &Client,
+    key: &str,
+    start: &str,
+    end: &str,
+    limit: usize,
+) -> Result<Vec<crate::envelope::RawEntry>> {
+    let reply: Value = client.xrange(key, start, end, Some(limit as u64)).await?;
+    Ok(parse_entries(reply))
+}
+
+/// The newest entry's id.
+pub(crate) async fn last_entry_id(client: &Client, key: &str) -> Result<Option<String>> {
+    let reply: Value = client.xrevrange(key, "+", "-", Some(1)).await?;
+    Ok(parse_entries(reply).into_iter().next().map(|e| e.id))
+}
+
+/// Length of a stream (0 when it does not exist).
+pub(crate) async fn stream_len(client: &Client, key: &str) -> Result<u64> {
+    Ok(client.xlen(key).await?)
+}
+
+/// Size of a sorted set (0 when it does not exist).
+pub(crate) async fn set_len(client: &Client, key: &str) -> Result<u64> {
+    Ok(client.zcard(key).await?)
+}
+
+/// Deletes entries of a stream by id; how many were deleted.
+pub(crate) async fn delete_entries(client: &Client, key: &str, ids: Vec<String>) -> Result<u64> {
+    Ok(client.xdel(key, ids).await?)
+}
+
+/// Counts a key's entries and unlinks it, in one transaction: exactly how many went.
+pub(crate) async fn count_and_unlink_stream(client: &Client, key: &str) -> Result<u64> {
+    let tx = client.multi();
+    let () = tx.xlen(key).await?;
+    let () = tx.unlink(key).await?;
+    let (n, _): (u64, u64) = tx.exec(true).await?;
+    Ok(n)
+}
+
+/// Unlinks keys (memory freed off Redis's main thread); how many existed.
+pub(crate) async fn unlink(client: &Client, keys: Vec<String>) -> Result<u64> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    Ok(client.unlink(keys).await?)
+}
+
+/// Destroys a consumer group; false when it (or its stream) did not exist.
+pub(crate) async fn destroy_group(client: &Client, key: &str, group: &str) -> Result<bool> {
+    match client.xgroup_destroy::<bool, _, _>(key, group).await {
+        Ok(d) => Ok(d),
+        Err(e) if e.details().contains("requires the key to exist") => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -13,7 +13,7 @@ use fred::prelude::*;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
-use crate::error::Error;
+use crate::redis;
 
 /// Most ids in one XACK.
 const MAX_BATCH: usize = 1024;
@@ -133,18 +133,7 @@ async fn flush(client: &Client, key: &str, records: &str, group: &str, batch: &[
         .map(|a| a.id.as_str())
         .collect();
     loop {
-        let result = if with_records.is_empty() {
-            client
-                .xack::<u64, _, _, _>(key, group, ids.clone())
-                .await
-                .map(|_| ())
-        } else {
-            let p = client.pipeline();
-            let _: std::result::Result<(), _> = p.xack(key, group, ids.clone()).await;
-            let _: std::result::Result<(), _> = p.hdel(records, with_records.clone()).await;
-            p.all::<Vec<u64>>().await.map(|_| ())
-        };
-        match result.map_err(Error::from) {
+        match redis::ack(client, key, group, &ids, records, &with_records).await {
             Ok(()) => break,
             Err(e) if e.is_connection() && started.elapsed() < RETRY_FOR => {
                 tracing::warn!(error = %e, pending = batch.len(), "XACK failed; retrying");

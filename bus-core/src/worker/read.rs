@@ -222,18 +222,7 @@ impl Reader {
             )
             .await?
         } else {
-            let ids = vec![">"; keys.len()];
-            reader
-                .xreadgroup(
-                    g.group(),
-                    &*g.consumer,
-                    Some(count as u64),
-                    None,
-                    false,
-                    keys.clone(),
-                    ids,
-                )
-                .await?
+            redis::read_new(&reader, keys.clone(), g.group(), &g.consumer, count, None).await?
         };
         let mut entries = self.by_lane(reply);
         let lanes_hit = entries
@@ -247,18 +236,9 @@ impl Reader {
         };
         if entries.is_empty() && !g.stopped() {
             let block_ms = g.opts().get_block_timeout().as_millis() as u64;
-            let ids = vec![">"; keys.len()];
-            let reply: Value = reader
-                .xreadgroup(
-                    g.group(),
-                    &*g.consumer,
-                    Some(count as u64),
-                    Some(block_ms),
-                    false,
-                    keys,
-                    ids,
-                )
-                .await?;
+            let reply =
+                redis::read_new(&reader, keys, g.group(), &g.consumer, count, Some(block_ms))
+                    .await?;
             entries = self.by_lane(reply);
         }
         Ok(entries)

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fred::prelude::*;
 use fred::types::Value;
 
 use super::group::{sleep_unless_stopped, Group};
@@ -37,12 +36,7 @@ pub(crate) async fn scan_loop(g: Arc<Group>) {
         if g.stopped() {
             return;
         }
-        let ping = tokio::time::timeout(
-            Duration::from_millis(500).min(interval),
-            g.client.ping::<Value>(None),
-        )
-        .await;
-        if !matches!(ping, Ok(Ok(_))) {
+        if !redis::answers(&g.client, Duration::from_millis(500).min(interval)).await {
             if healthy {
                 tracing::warn!("Redis is not answering; pausing reclaim");
             }
@@ -84,19 +78,17 @@ async fn reclaim(g: &Arc<Group>, lane: Lane) -> Result<()> {
     let mut claimed = 0u64;
     loop {
         let count = budget.min(MAX_CLAIM);
-        let reply: Value = g
-            .client
-            .xautoclaim(
-                key,
-                g.group(),
-                &*g.consumer,
-                g.vt().as_millis() as u64,
-                cursor.as_str(),
-                Some(count as u64),
-                true,
-            )
-            .await?;
-        let Some((next, ids, deleted)) = redis::parse_autoclaim_justid(reply) else {
+        let page = redis::autoclaim_page(
+            &g.client,
+            key,
+            g.group(),
+            &g.consumer,
+            g.vt(),
+            &cursor,
+            count,
+        )
+        .await?;
+        let Some((next, ids, deleted)) = page else {
             tracing::error!("unexpected XAUTOCLAIM reply");
             break;
         };
@@ -105,8 +97,7 @@ async fn reclaim(g: &Arc<Group>, lane: Lane) -> Result<()> {
             // them from the pending list.
             g.metrics.deleted_pending.increment(deleted.len() as u64);
             tracing::warn!(count = deleted.len(), ids = ?deleted, "pending entries were deleted from the stream before being handled; data was lost upstream");
-            let _: std::result::Result<i64, _> =
-                g.client.hdel(g.lane(lane).records.as_str(), deleted).await;
+            redis::forget_fields(&g.client, &g.lane(lane).records, deleted).await;
         }
         budget = budget.saturating_sub(ids.len());
         for id in ids {
