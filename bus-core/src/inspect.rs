@@ -1,7 +1,6 @@
 //! Read-only inspection for operators (the `streambus` CLI uses it): streams, lanes, groups, lag,
 //! pending, dead letters, delayed events.
 
-
 use crate::bus::Bus;
 use crate::conn::Conn;
 use crate::error::Result;
