@@ -46,19 +46,13 @@ async fn publish_orders(bus: &Bus, range: std::ops::Range<u64>) {
     }
 }
 
+/// Records `<group>:<n>` for every event the group handles.
 fn recording(group: &str, rec: &Recorder) -> impl bus_core::Subscriber<Event = OrderPlaced> {
-    let rec = rec.clone();
     let g = group.to_owned();
-    subscriber_fn(
+    integration_tests::support::recording(
         SubscriberOptions::new(group),
-        move |e: OrderPlaced, _ctx| {
-            let rec = rec.clone();
-            let key = format!("{g}:{}", e.n);
-            async move {
-                rec.record(key);
-                Ok::<_, HandlerError>(())
-            }
-        },
+        rec,
+        move |e: &OrderPlaced, _| format!("{g}:{}", e.n),
     )
 }
 
