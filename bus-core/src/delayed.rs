@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::bus::Bus;
 use crate::conn::Conn;
+use crate::error::ClientResult;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::publish::PublishOptions;
@@ -168,7 +169,7 @@ pub(crate) async fn mover_loop(
             vec![Value::from(MOVE_BATCH)],
         )
         .await;
-        let (moved, aside) = match r.and_then(|v| Ok(v.convert::<(i64, i64)>()?)) {
+        let (moved, aside) = match r.and_then(|v| v.convert::<(i64, i64)>().client_err()) {
             Ok(counts) => counts,
             Err(e) => {
                 tracing::warn!(stream, error = %e, "moving delayed events failed");

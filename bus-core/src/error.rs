@@ -164,9 +164,24 @@ impl std::error::Error for RedisError {
     }
 }
 
-impl From<fred::error::Error> for Error {
-    fn from(e: fred::error::Error) -> Self {
+impl Error {
+    /// A client error, wrapped so the client's type stays out of the public API.
+    pub(crate) fn client(e: fred::error::Error) -> Self {
         Error::Redis(RedisError(Box::new(e)))
+    }
+}
+
+/// Converts the Redis client's results into ours. A crate-private trait instead of
+/// `From<fred::error::Error> for Error`, which would put the client's error type into the public
+/// API (trait impls cannot be private).
+pub(crate) trait ClientResult<T> {
+    /// `Err(Error::Redis(…))` for a client error.
+    fn client_err(self) -> Result<T>;
+}
+
+impl<T> ClientResult<T> for std::result::Result<T, fred::error::Error> {
+    fn client_err(self) -> Result<T> {
+        self.map_err(Error::client)
     }
 }
 

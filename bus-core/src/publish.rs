@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use crate::bus::Bus;
 use crate::envelope;
+use crate::error::ClientResult;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::names::validate_name;
@@ -298,7 +299,7 @@ impl Bus {
             args,
         )
         .await?;
-        let (fresh, stored): (i64, String) = reply.convert()?;
+        let (fresh, stored): (i64, String) = reply.convert().client_err()?;
         let (event_id, entry_id) = match stored.split_once('|') {
             Some((e, i)) => (e.to_owned(), i.to_owned()),
             None => (p.event_id, stored),

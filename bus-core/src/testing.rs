@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 
 use crate::bus::Bus;
+use crate::error::ClientResult;
 use crate::error::Result;
 
 /// True if a `redis-server` binary is on `PATH`.
@@ -72,7 +73,7 @@ pub async fn keys_with_prefix(bus: &Bus) -> Result<Vec<String>> {
 pub async fn delete_prefix(bus: &Bus) -> Result<u64> {
     let mut deleted = 0;
     for k in keys_with_prefix(bus).await? {
-        deleted += bus.conn.client.del::<u64, _>(k).await?;
+        deleted += bus.conn.client.del::<u64, _>(k).await.client_err()?;
     }
     Ok(deleted)
 }

@@ -9,6 +9,7 @@ use fred::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::Conn;
+use crate::error::ClientResult;
 use crate::error::{Error, Result};
 
 /// Most subscription requests applied in one pass of the subscription task.
@@ -58,7 +59,7 @@ impl Drop for Subscription {
 impl Waiters {
     pub(crate) async fn new(conn: &Conn) -> Result<Waiters> {
         let client = conn.client.clone_new();
-        client.init().await?;
+        client.init().await.client_err()?;
         let (ops, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_subscriptions(client.clone(), rx));
         Ok(Waiters { client, ops })
@@ -187,7 +188,7 @@ async fn run_subscriptions(client: Client, mut ops: mpsc::UnboundedReceiver<Op>)
         }
         for (channel, ack) in acks {
             let answer = match &failed {
-                Some((channels, e)) if channels.contains(&channel) => Err(Error::from(e.clone())),
+                Some((channels, e)) if channels.contains(&channel) => Err(Error::client(e.clone())),
                 _ => Ok(()),
             };
             // The waiter may be gone already; its Release is queued behind this.

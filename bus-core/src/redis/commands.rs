@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use super::eval;
 use super::reply::{parse_autoclaim_justid, parse_entries, parse_pending_rows, value_string};
 use super::scripts;
+use crate::error::ClientResult;
 use crate::error::Result;
 
 /// Every key matching a glob `pattern`, by a `SCAN` cursor loop (bounded work per call).
@@ -26,8 +27,9 @@ pub(crate) async fn scan_keys(client: &Client, pattern: &str) -> Result<Vec<Stri
                     "1000".into(),
                 ],
             )
-            .await?;
-        let (next, keys): (String, Vec<String>) = reply.convert()?;
+            .await
+            .client_err()?;
+        let (next, keys): (String, Vec<String>) = reply.convert().client_err()?;
         out.extend(keys);
         if next == "0" {
             return Ok(out);
@@ -49,7 +51,7 @@ pub(crate) async fn ensure_group(
     {
         Ok(_) => Ok(true),
         Err(e) if e.details().starts_with("BUSYGROUP") => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(crate::error::Error::client(e)),
     }
 }
 
@@ -93,7 +95,7 @@ pub(crate) async fn groups_of(client: &Client, key: &str) -> Result<Vec<GroupRow
     let infos: Vec<HashMap<String, Value>> = match client.xinfo_groups(key).await {
         Ok(v) => v,
         Err(e) if e.details().contains("no such key") => Vec::new(),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(crate::error::Error::client(e)),
     };
     Ok(infos
         .into_iter()
@@ -115,7 +117,8 @@ pub(crate) async fn consumers_of(
     key: &str,
     group: &str,
 ) -> Result<Vec<ConsumerRow>> {
-    let infos: Vec<HashMap<String, Value>> = client.xinfo_consumers(key, group).await?;
+    let infos: Vec<HashMap<String, Value>> =
+        client.xinfo_consumers(key, group).await.client_err()?;
     Ok(infos
         .into_iter()
         .filter_map(|c| {
@@ -138,7 +141,8 @@ pub(crate) async fn pending_of(
 ) -> Result<Vec<(String, u64)>> {
     let rows: Value = client
         .xpending(key, group, ("-", "+", count, consumer))
-        .await?;
+        .await
+        .client_err()?;
     Ok(parse_pending_rows(rows))
 }
 
@@ -147,7 +151,10 @@ pub(crate) type Fields = Vec<(fred::types::Key, Value)>;
 
 /// `XADD key * fields…`: the new entry's id.
 pub(crate) async fn add_entry(client: &Client, key: &str, fields: Fields) -> Result<String> {
-    Ok(client.xadd(key, false, None, "*", fields).await?)
+    client
+        .xadd(key, false, None, "*", fields)
+        .await
+        .client_err()
 }
 
 /// `XADD` then `WAIT replicas timeout` in one pipeline on the client's one connection (`WAIT`
@@ -160,11 +167,15 @@ pub(crate) async fn add_entry_and_wait(
     timeout: std::time::Duration,
 ) -> Result<(String, i64)> {
     let pipeline = client.pipeline();
-    let () = pipeline.xadd(key, false, None, "*", fields).await?;
+    let () = pipeline
+        .xadd(key, false, None, "*", fields)
+        .await
+        .client_err()?;
     let () = pipeline
         .wait(i64::from(replicas), timeout.as_millis().max(1) as i64)
-        .await?;
-    Ok(pipeline.all().await?)
+        .await
+        .client_err()?;
+    pipeline.all().await.client_err()
 }
 
 /// Many `XADD`s to one key in one pipeline: the new entries' ids, in order.
@@ -177,9 +188,12 @@ pub(crate) async fn add_entries(
     let key = fred::types::Key::from(key);
     let pipeline = client.pipeline();
     for fields in entries {
-        let () = pipeline.xadd(key.clone(), false, None, "*", fields).await?;
+        let () = pipeline
+            .xadd(key.clone(), false, None, "*", fields)
+            .await
+            .client_err()?;
     }
-    Ok(pipeline.all().await?)
+    pipeline.all().await.client_err()
 }
 
 /// Acknowledges `ids` in a group and, in the same pipeline, deletes the attempt records of
@@ -193,13 +207,13 @@ pub(crate) async fn ack(
     with_records: &[&str],
 ) -> Result<()> {
     if with_records.is_empty() {
-        let _: u64 = client.xack(key, group, ids.to_vec()).await?;
+        let _: u64 = client.xack(key, group, ids.to_vec()).await.client_err()?;
         return Ok(());
     }
     let p = client.pipeline();
-    let () = p.xack(key, group, ids.to_vec()).await?;
-    let () = p.hdel(records, with_records.to_vec()).await?;
-    let _: Vec<u64> = p.all().await?;
+    let () = p.xack(key, group, ids.to_vec()).await.client_err()?;
+    let () = p.hdel(records, with_records.to_vec()).await.client_err()?;
+    let _: Vec<u64> = p.all().await.client_err()?;
     Ok(())
 }
 
@@ -214,7 +228,7 @@ pub(crate) async fn read_new<C: StreamsInterface + Sync>(
     block_ms: Option<u64>,
 ) -> Result<Value> {
     let ids = vec![">"; keys.len()];
-    Ok(reader
+    reader
         .xreadgroup(
             group,
             consumer,
@@ -224,7 +238,8 @@ pub(crate) async fn read_new<C: StreamsInterface + Sync>(
             keys,
             ids,
         )
-        .await?)
+        .await
+        .client_err()
 }
 
 /// One `XAUTOCLAIM … JUSTID` page: `(next cursor, claimed ids, deleted ids)`, `None` for a reply
@@ -248,7 +263,8 @@ pub(crate) async fn autoclaim_page(
             Some(count as u64),
             true,
         )
-        .await?;
+        .await
+        .client_err()?;
     Ok(parse_autoclaim_justid(reply))
 }
 
@@ -267,7 +283,7 @@ pub(crate) async fn forget_fields(client: &Client, key: &str, fields: Vec<String
 
 /// Every field of a hash.
 pub(crate) async fn hash_fields(client: &Client, key: &str) -> Result<HashMap<String, Value>> {
-    Ok(client.hgetall(key).await?)
+    client.hgetall(key).await.client_err()
 }
 
 /// Entries from `start` to `end` (`XRANGE` bounds), at most `limit`.
@@ -278,37 +294,43 @@ pub(crate) async fn entries(
     end: &str,
     limit: usize,
 ) -> Result<Vec<crate::envelope::RawEntry>> {
-    let reply: Value = client.xrange(key, start, end, Some(limit as u64)).await?;
+    let reply: Value = client
+        .xrange(key, start, end, Some(limit as u64))
+        .await
+        .client_err()?;
     Ok(parse_entries(reply))
 }
 
 /// The newest entry's id.
 pub(crate) async fn last_entry_id(client: &Client, key: &str) -> Result<Option<String>> {
-    let reply: Value = client.xrevrange(key, "+", "-", Some(1)).await?;
+    let reply: Value = client
+        .xrevrange(key, "+", "-", Some(1))
+        .await
+        .client_err()?;
     Ok(parse_entries(reply).into_iter().next().map(|e| e.id))
 }
 
 /// Length of a stream (0 when it does not exist).
 pub(crate) async fn stream_len(client: &Client, key: &str) -> Result<u64> {
-    Ok(client.xlen(key).await?)
+    client.xlen(key).await.client_err()
 }
 
 /// Size of a sorted set (0 when it does not exist).
 pub(crate) async fn set_len(client: &Client, key: &str) -> Result<u64> {
-    Ok(client.zcard(key).await?)
+    client.zcard(key).await.client_err()
 }
 
 /// Deletes entries of a stream by id; how many were deleted.
 pub(crate) async fn delete_entries(client: &Client, key: &str, ids: Vec<String>) -> Result<u64> {
-    Ok(client.xdel(key, ids).await?)
+    client.xdel(key, ids).await.client_err()
 }
 
 /// Counts a key's entries and unlinks it, in one transaction: exactly how many went.
 pub(crate) async fn count_and_unlink_stream(client: &Client, key: &str) -> Result<u64> {
     let tx = client.multi();
-    let () = tx.xlen(key).await?;
-    let () = tx.unlink(key).await?;
-    let (n, _): (u64, u64) = tx.exec(true).await?;
+    let () = tx.xlen(key).await.client_err()?;
+    let () = tx.unlink(key).await.client_err()?;
+    let (n, _): (u64, u64) = tx.exec(true).await.client_err()?;
     Ok(n)
 }
 
@@ -317,7 +339,7 @@ pub(crate) async fn unlink(client: &Client, keys: Vec<String>) -> Result<u64> {
     if keys.is_empty() {
         return Ok(0);
     }
-    Ok(client.unlink(keys).await?)
+    client.unlink(keys).await.client_err()
 }
 
 /// Destroys a consumer group; false when it (or its stream) did not exist.
@@ -325,6 +347,6 @@ pub(crate) async fn destroy_group(client: &Client, key: &str, group: &str) -> Re
     match client.xgroup_destroy::<bool, _, _>(key, group).await {
         Ok(d) => Ok(d),
         Err(e) if e.details().contains("requires the key to exist") => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(crate::error::Error::client(e)),
     }
 }

@@ -27,5 +27,5 @@ pub(crate) async fn eval(
     script
         .evalsha_with_reload::<Value, _, _>(client, keys, args)
         .await
-        .map_err(Error::from)
+        .map_err(Error::client)
 }

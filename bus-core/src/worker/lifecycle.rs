@@ -21,6 +21,7 @@ use super::reclaim::{delete_consumer_if_idle, scan_loop};
 use super::state::Phase;
 use super::{take, WorkerSettings};
 use crate::conn::Conn;
+use crate::error::ClientResult;
 use crate::error::Result;
 use crate::names::Priority;
 use crate::redis;
@@ -69,7 +70,7 @@ impl GroupRunner {
         // A connection used only for blocking reads: a blocked connection would stall every
         // other command sent on it.
         let reader = client.clone_new();
-        reader.init().await?;
+        reader.init().await.client_err()?;
         let mut acks = Vec::with_capacity(keys.lanes.len());
         let mut ackers = Vec::with_capacity(keys.lanes.len());
         let unacked = Arc::new(acker::Unacked::default());
