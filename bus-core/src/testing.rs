@@ -39,7 +39,7 @@ pub fn free_port() -> io::Result<u16> {
 /// directly. Only with the `test-util` feature: applications talk to Redis through the bus.
 ///
 /// ```no_run
-/// # async fn demo(bus: bus_core::Bus) -> bus_core::Result<()> {
+/// # async fn demo(bus: bus_core::Bus) -> Result<(), Box<dyn std::error::Error>> {
 /// use bus_core::testing::RedisAccess;
 /// use fred::prelude::*;
 /// let key = bus.stream_key("orders")?;
