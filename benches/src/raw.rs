@@ -1,6 +1,8 @@
 //! Raw ceilings: the fastest hand-written fred loops for the same work the bus does, writing the
 //! same entries (the six envelope fields `v`, `id`, `type`, `ts`, `ct`, `p` with a MessagePack
-//! payload of the same [`Load`] event), so the ratios measure the library's own overhead.
+//! payload of the same [`Load`] event), so the ratios measure the library's own overhead; and the
+//! same loops with a minimal one-field entry ([`minimal_entry_fields`]), the physical limit any
+//! entry format is measured against.
 
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,6 +33,16 @@ pub fn entry_fields(seq: u64) -> BoxResult<Vec<(&'static str, Value)>> {
     ])
 }
 
+/// The smallest entry that carries the same event: one field, the MessagePack payload alone. The
+/// physical limit of what any entry format can cost Redis.
+pub fn minimal_entry_fields(seq: u64) -> BoxResult<Vec<(&'static str, Value)>> {
+    let payload = Codec::MessagePack.encode(&Load::new(seq))?;
+    Ok(vec![("p", Value::Bytes(payload.into()))])
+}
+
+/// The fields of entry `seq`.
+pub type EntryFields = fn(u64) -> BoxResult<Vec<(&'static str, Value)>>;
+
 /// XADDs `0..n` in explicit `pipeline()`s of `batch` commands, `in_flight` pipelines at a time.
 pub async fn xadd_pipelined(
     client: &Client,
@@ -39,12 +51,24 @@ pub async fn xadd_pipelined(
     batch: u64,
     in_flight: usize,
 ) -> BoxResult<()> {
+    xadd_pipelined_with(client, key, n, batch, in_flight, entry_fields).await
+}
+
+/// As [`xadd_pipelined`], with entries made by `fields`.
+pub async fn xadd_pipelined_with(
+    client: &Client,
+    key: &str,
+    n: u64,
+    batch: u64,
+    in_flight: usize,
+    fields: EntryFields,
+) -> BoxResult<()> {
     let starts: Vec<u64> = (0..n).step_by(batch.max(1) as usize).collect();
     futures::stream::iter(starts)
         .map(|start| async move {
             let p = client.pipeline();
             for seq in start..(start + batch).min(n) {
-                let () = p.xadd(key, false, None, "*", entry_fields(seq)?).await?;
+                let () = p.xadd(key, false, None, "*", fields(seq)?).await?;
             }
             let _: Value = p.all().await?;
             Ok::<(), BoxError>(())

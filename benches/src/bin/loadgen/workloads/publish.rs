@@ -17,6 +17,8 @@ use crate::Args;
 pub(crate) const BATCH_SHAPES: [(u64, usize); 3] = [(1_000, 4), (100, 16), (1_000, 1)];
 /// The raw pipelines: the same shapes as the first two batch shapes.
 pub(crate) const RAW_PIPELINE_SHAPES: [(u64, usize); 2] = [(1_000, 4), (100, 16)];
+/// The raw pipeline shape also run with the minimal one-field entry.
+pub(crate) const MINIMAL_PIPELINE_SHAPE: (u64, usize) = (1_000, 4);
 
 /// W1 (sequential, concurrent, batches) and the raw XADD ceiling, alternating in each repeat.
 pub(crate) async fn phase_publish(
@@ -43,6 +45,7 @@ pub(crate) async fn phase_publish(
         .map(|_| Series::default())
         .collect();
     let mut raw_conc = Series::default();
+    let mut minimal = Series::default();
     let mut paired = Samples::default();
     for i in 0..k {
         let mut line = format!("publish {}/{k}:", i + 1);
@@ -110,7 +113,17 @@ pub(crate) async fn phase_publish(
             let took = t.elapsed();
             let rate = raw_conc.push(n, took, meter.stop(c).await);
             raw_best = raw_best.max(rate);
-            line += &format!(" raw concurrent {rate:.0}/s");
+            line += &format!(" raw concurrent {rate:.0}/s;");
+            raw.clear().await?;
+
+            let (batch, in_flight) = MINIMAL_PIPELINE_SHAPE;
+            let meter = CpuMeter::start(c).await;
+            let t = Instant::now();
+            raw::xadd_pipelined_with(c, &raw.key, n, batch, in_flight, raw::minimal_entry_fields)
+                .await?;
+            let took = t.elapsed();
+            let rate = minimal.push(n, took, meter.stop(c).await);
+            line += &format!(" minimal-entry pipeline {rate:.0}/s");
             raw.clear().await?;
         }
         if bus_best > 0.0 && raw_best > 0.0 {
@@ -133,6 +146,11 @@ pub(crate) async fn phase_publish(
         }
         report.record_series("raw_xadd_concurrent", &raw_conc);
         report.raw_xadd_per_s = report.best("raw_xadd_");
+        let (batch, in_flight) = MINIMAL_PIPELINE_SHAPE;
+        report.raw_xadd_minimal_per_s = report.record_series(
+            &format!("minimal_xadd_pipeline_{batch}x{in_flight}"),
+            &minimal,
+        );
         raw.close().await?;
     }
     Ok(())
