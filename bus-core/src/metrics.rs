@@ -13,6 +13,7 @@
 //! | `streambus_group_recreated_total` | counter | stream, group |
 //! | `streambus_lease_lost_total` | counter | stream, group |
 //! | `streambus_timed_out_total` | counter | stream, group (attempts past the handler timeout) |
+//! | `streambus_handler_blocking_total` | counter | stream, group (a handler held a runtime thread past the threshold without yielding) |
 //! | `streambus_skipped_total` | counter | stream, group, reason (`unknown_type`) |
 //! | `streambus_delayed_unmovable_total` | counter | stream (delayed events moved aside to `…:delayed-dlq`) |
 //! | `streambus_handle_seconds` | histogram | stream, group |
@@ -30,6 +31,7 @@ pub(crate) struct SubscriberMetrics {
     pub(crate) group_recreated: Counter,
     pub(crate) lease_lost: Counter,
     pub(crate) timed_out: Counter,
+    pub(crate) handler_blocking: Counter,
     pub(crate) handle_seconds: Histogram,
     pub(crate) latency_seconds: Histogram,
     stream: String,
@@ -48,6 +50,7 @@ impl SubscriberMetrics {
             group_recreated: l("streambus_group_recreated_total"),
             lease_lost: l("streambus_lease_lost_total"),
             timed_out: l("streambus_timed_out_total"),
+            handler_blocking: l("streambus_handler_blocking_total"),
             handle_seconds: histogram!("streambus_handle_seconds", "stream" => stream.to_owned(), "group" => group.to_owned()),
             latency_seconds: histogram!(
                 "streambus_publish_to_handle_seconds",

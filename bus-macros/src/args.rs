@@ -45,6 +45,7 @@ pub(crate) struct SubscriberArgs {
     pub(crate) backoff_min: Option<Spanned<Millis>>,
     pub(crate) backoff_max: Option<Spanned<Millis>>,
     pub(crate) track_status: Option<Spanned<bool>>,
+    pub(crate) blocking: Option<Spanned<bool>>,
     pub(crate) status_ttl: Option<Spanned<Millis>>,
     pub(crate) status_safety_ttl: Option<Spanned<Millis>>,
     pub(crate) prefetch: Option<Spanned<u64>>,
@@ -60,9 +61,9 @@ pub(crate) struct SubscriberArgs {
 
 /// Every accepted key, for the "unknown option" message.
 const KEYS: &str = "group, concurrency, max_attempts, visibility_timeout, start_from (or start), \
-    block_timeout, backoff_min, backoff_max, track_status, status_ttl, status_safety_ttl, \
-    prefetch, handler_timeout (or timeout), unknown_types, max_held, max_entry_bytes, \
-    max_dead_letters, max_result_bytes";
+    block_timeout, backoff_min, backoff_max, track_status, blocking, status_ttl, \
+    status_safety_ttl, prefetch, handler_timeout (or timeout), unknown_types, max_held, \
+    max_entry_bytes, max_dead_letters, max_result_bytes";
 
 impl SubscriberArgs {
     /// Parses the attribute: the options that parsed, and an error for each one that did not.
@@ -122,6 +123,7 @@ impl SubscriberArgs {
             "backoff_min" => set(&mut self.backoff_min, meta, "backoff_min", duration(meta)?),
             "backoff_max" => set(&mut self.backoff_max, meta, "backoff_max", duration(meta)?),
             "track_status" => set(&mut self.track_status, meta, "track_status", flag(meta)?),
+            "blocking" => set(&mut self.blocking, meta, "blocking", flag(meta)?),
             "status_ttl" => set(&mut self.status_ttl, meta, "status_ttl", duration(meta)?),
             "status_safety_ttl" => set(
                 &mut self.status_safety_ttl,
@@ -258,7 +260,8 @@ fn duration(meta: &ParseNestedMeta<'_>) -> syn::Result<Spanned<Millis>> {
     })
 }
 
-/// A switch: `track_status` alone means `true`; `track_status = false` is accepted too.
+/// A switch (`track_status`, `blocking`): the key alone means `true`; `key = false` is accepted
+/// too.
 fn flag(meta: &ParseNestedMeta<'_>) -> syn::Result<Spanned<bool>> {
     if !meta.input.peek(Token![=]) {
         return Ok(Spanned {
@@ -322,6 +325,7 @@ mod tests {
             backoff_min = "100ms",
             backoff_max = "1m",
             track_status,
+            blocking,
             status_ttl = "1h",
             status_safety_ttl = "2d",
             prefetch = 64,
@@ -342,6 +346,7 @@ mod tests {
         assert_eq!(v(&a.backoff_min), Some(100));
         assert_eq!(v(&a.backoff_max), Some(60_000));
         assert_eq!(a.track_status.map(|s| s.value), Some(true));
+        assert_eq!(a.blocking.map(|s| s.value), Some(true));
         assert_eq!(v(&a.status_ttl), Some(3_600_000));
         assert_eq!(v(&a.status_safety_ttl), Some(172_800_000));
         assert_eq!(v(&a.prefetch), Some(64));
@@ -362,11 +367,22 @@ mod tests {
             group = "g",
             start = "beginning",
             timeout = "5s",
-            track_status = false
+            track_status = false,
+            blocking = false
         ));
         assert_eq!(a.start_from.map(|s| s.value), Some(StartFrom::Beginning));
         assert_eq!(a.handler_timeout.map(|s| s.value), Some(5_000));
         assert_eq!(a.track_status.map(|s| s.value), Some(false));
+        assert_eq!(a.blocking.map(|s| s.value), Some(false));
+    }
+
+    #[test]
+    fn parses_the_blocking_switch() {
+        let a = parse_ok(quote!(group = "g", blocking = true));
+        assert_eq!(a.blocking.map(|s| s.value), Some(true));
+        let a = parse_ok(quote!(group = "g"));
+        assert!(a.blocking.is_none());
+        assert!(a.track_status.is_none());
     }
 
     fn parse_ok(tokens: TokenStream) -> SubscriberArgs {
@@ -401,6 +417,10 @@ mod tests {
         assert!(e.contains("\"skip\" or \"dead_letter\""), "{e}");
         let e = error(quote!(group = "a", track_status = "yes"));
         assert!(e.contains("expected boolean literal"), "{e}");
+        let e = error(quote!(group = "a", blocking = 1));
+        assert!(e.contains("expected boolean literal"), "{e}");
+        let e = error(quote!(group = "a", blocking, blocking = false));
+        assert!(e.contains("duplicate option `blocking`"), "{e}");
         let e = error(quote!(group = "a", prefetch = -1));
         assert!(e.contains("`prefetch` cannot be negative"), "{e}");
         let e = error(quote!(group = "a", max_dead_letters = 18446744073709551616));

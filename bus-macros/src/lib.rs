@@ -66,6 +66,7 @@ use proc_macro::TokenStream;
 /// | `backoff_min` | duration | `backoff_min` | |
 /// | `backoff_max` | duration | `backoff_max` | not below `backoff_min` when both are given |
 /// | `track_status` | switch: `track_status`, or `track_status = true` / `false` | `track_status` | |
+/// | `blocking` | switch: `blocking`, or `blocking = true` / `false` | `blocking` (the handler runs on Tokio's blocking thread pool) | |
 /// | `status_ttl` | duration | `status_ttl`'s first argument (after completion) | above zero |
 /// | `status_safety_ttl` | duration | `status_ttl`'s second argument (safety) | above zero, not below `status_ttl` |
 /// | `prefetch` | integer | `prefetch` | |

@@ -136,6 +136,10 @@ pub(crate) fn options_body(args: &SubscriberArgs, group: &str) -> TokenStream {
         let on = v.value;
         call("track_status", quote!(#on), v.span);
     }
+    if let Some(v) = &args.blocking {
+        let on = v.value;
+        call("blocking", quote!(#on), v.span);
+    }
     if let Some(v) = &args.unknown_types {
         let variant = match v.value {
             UnknownTypes::Skip => quote!(Skip),
@@ -290,5 +294,16 @@ mod tests {
         assert!(body.contains(". prefetch (64)"), "{body}");
         assert!(!body.contains("concurrency"), "{body}");
         assert!(!body.contains("status_ttl"), "{body}");
+        assert!(!body.contains("blocking"), "{body}");
+    }
+
+    #[test]
+    fn emits_the_blocking_switch_as_written() {
+        let (args, _) = SubscriberArgs::parse(quote!(group = "g", blocking));
+        let body = options_body(&args, "g").to_string();
+        assert!(body.contains(". blocking (true)"), "{body}");
+        let (args, _) = SubscriberArgs::parse(quote!(group = "g", blocking = false));
+        let body = options_body(&args, "g").to_string();
+        assert!(body.contains(". blocking (false)"), "{body}");
     }
 }

@@ -28,6 +28,7 @@ static CHARGED: AtomicU64 = AtomicU64::new(0);
     backoff_min = "200ms",
     backoff_max = "2m",
     track_status,
+    blocking,
     status_ttl = "1h",
     status_safety_ttl = "2d",
     prefetch = 64,
@@ -53,7 +54,8 @@ async fn safety_only(_order: OrderPlaced) {}
     group = "short-names",
     start = "beginning",
     timeout = "3s",
-    track_status = false
+    track_status = false,
+    blocking = false
 )]
 async fn short_names(_order: OrderPlaced) {}
 
@@ -69,6 +71,7 @@ fn every_option_carries_its_value() {
     assert_eq!(o.get_backoff_min(), Duration::from_millis(200));
     assert_eq!(o.get_backoff_max(), Duration::from_secs(120));
     assert!(o.get_track_status());
+    assert!(o.get_blocking());
     assert_eq!(
         o.get_status_ttl(),
         (Duration::from_secs(3600), Duration::from_secs(2 * 86_400))
@@ -105,6 +108,7 @@ fn short_names_set_the_same_options() {
     assert_eq!(o.get_start_from(), StartFrom::Beginning);
     assert_eq!(o.get_handler_timeout(), Some(Duration::from_secs(3)));
     assert!(!o.get_track_status());
+    assert!(!o.get_blocking());
 }
 
 #[tokio::test]

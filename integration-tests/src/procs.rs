@@ -29,6 +29,13 @@ pub struct Task {
     /// handler timeout ends them.
     #[serde(default)]
     pub hang_times: u32,
+    /// The handler blocks its thread this long (`std::thread::sleep`, standing in for a
+    /// synchronous driver), unless the worker runs with `await_blocks`.
+    #[serde(default)]
+    pub block_ms: u64,
+    /// The handler spins on the CPU this long without yielding.
+    #[serde(default)]
+    pub spin_ms: u64,
 }
 
 impl Task {
@@ -40,6 +47,8 @@ impl Task {
             poison: false,
             fail_times: 0,
             hang_times: 0,
+            block_ms: 0,
+            spin_ms: 0,
         }
     }
 }
@@ -63,6 +72,14 @@ pub struct WorkerArgs {
     pub command_timeout: Option<Duration>,
     /// The handler timeout (default: none).
     pub handler_timeout: Option<Duration>,
+    /// Runs the handlers in blocking mode (on the blocking pool).
+    pub blocking: bool,
+    /// The handler `.await`s a sleep of `block_ms` instead of blocking its thread.
+    pub await_blocks: bool,
+    /// The Tokio runtime's worker threads (default: Tokio's, one per core).
+    pub threads: Option<usize>,
+    /// Every handler of this worker hangs (never returns), whatever the task says.
+    pub hang: bool,
 }
 
 impl WorkerArgs {
@@ -81,6 +98,10 @@ impl WorkerArgs {
             extra_groups: Vec::new(),
             command_timeout: None,
             handler_timeout: None,
+            blocking: false,
+            await_blocks: false,
+            threads: None,
+            hang: false,
         }
     }
 }
@@ -159,6 +180,18 @@ impl WorkerProc {
         }
         if let Some(t) = args.handler_timeout {
             cmd.arg("--timeout-ms").arg(t.as_millis().to_string());
+        }
+        if args.blocking {
+            cmd.arg("--blocking");
+        }
+        if args.await_blocks {
+            cmd.arg("--await-blocks");
+        }
+        if args.hang {
+            cmd.arg("--hang");
+        }
+        if let Some(n) = args.threads {
+            cmd.arg("--threads").arg(n.to_string());
         }
         let mut child = cmd
             .stdin(Stdio::null())

@@ -80,6 +80,17 @@ pub async fn pending_entry(bus: &Bus, stream: &str, group: &str, id: &str) -> Op
     })
 }
 
+/// The ids of the group's pending entries (normal lane), oldest first (at most 1000).
+pub async fn pending_ids(bus: &Bus, stream: &str, group: &str) -> Vec<String> {
+    let key = bus.stream_key(stream).expect("key");
+    let rows: Vec<(String, String, u64, u64)> = bus
+        .redis()
+        .xpending(key.as_str(), group, ("-", "+", 1000))
+        .await
+        .expect("XPENDING");
+    rows.into_iter().map(|r| r.0).collect()
+}
+
 /// Redis's clock (`TIME`), Unix ms.
 pub async fn redis_now_ms(bus: &Bus) -> u64 {
     let (s, us): (u64, u64) = bus

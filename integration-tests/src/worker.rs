@@ -4,8 +4,8 @@
 //!
 //! Arguments: `--url U --prefix P --group G --ledger FILE [--concurrency 8] [--vt-ms 1000]
 //! [--max-attempts 5] [--grace-ms 10000] [--mover-ms 500] [--consumer NAME] [--more-groups A,B]
-//! [--command-timeout-ms MS] [--timeout-ms MS]`. Prints `ready <consumer>` once reading;
-//! SIGTERM/Ctrl-C shut it down gracefully.
+//! [--command-timeout-ms MS] [--timeout-ms MS] [--blocking] [--await-blocks] [--hang] [--threads N]`.
+//! Prints `ready <consumer>` once reading; SIGTERM/Ctrl-C shut it down gracefully.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -25,10 +25,37 @@ fn arg(args: &[String], name: &str) -> Option<String> {
     None
 }
 
+/// Busy CPU work for `d`, never yielding.
+fn spin(d: Duration) {
+    let until = std::time::Instant::now() + d;
+    let mut x = 0u64;
+    while std::time::Instant::now() < until {
+        for i in 0..1000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+}
+
 fn num<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     arg(args, name)
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Runs a test worker process with command-line style `args` (without the program name) on a
+/// runtime of its own (`--threads` worker threads); returns the process exit code.
+pub fn run_worker_process(args: Vec<String>) -> i32 {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = arg(&args, "--threads").and_then(|v| v.parse().ok()) {
+        builder.worker_threads(n);
+    }
+    match builder.enable_all().build() {
+        Ok(rt) => rt.block_on(worker_main(args)),
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            2
+        }
+    }
 }
 
 /// Runs a test worker with command-line style `args` (without the program name) until SIGTERM or
@@ -85,6 +112,9 @@ pub async fn worker_main(args: Vec<String>) -> i32 {
     if let Some(ms) = arg(args, "--timeout-ms").and_then(|v| v.parse().ok()) {
         opts = opts.handler_timeout(Duration::from_millis(ms));
     }
+    opts = opts.blocking(args.iter().any(|a| a == "--blocking"));
+    let await_blocks = args.iter().any(|a| a == "--await-blocks");
+    let hang = args.iter().any(|a| a == "--hang");
     let mut groups = vec![group];
     groups.extend(
         arg(args, "--more-groups")
@@ -110,11 +140,22 @@ pub async fn worker_main(args: Vec<String>) -> i32 {
                 if t.poison {
                     std::process::abort();
                 }
-                if ctx.attempt() <= t.hang_times {
+                if hang || ctx.attempt() <= t.hang_times {
                     std::future::pending::<()>().await;
                 }
                 if t.slow_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(t.slow_ms)).await;
+                }
+                if t.block_ms > 0 {
+                    let d = Duration::from_millis(t.block_ms);
+                    if await_blocks {
+                        tokio::time::sleep(d).await;
+                    } else {
+                        std::thread::sleep(d);
+                    }
+                }
+                if t.spin_ms > 0 {
+                    spin(Duration::from_millis(t.spin_ms));
                 }
                 if ctx.attempt() <= t.fail_times {
                     return Err(HandlerError::retry(format!(

@@ -64,6 +64,7 @@ pub struct SubscriberOptions {
     status_ttl: Duration,
     status_safety_ttl: Duration,
     handler_timeout: Option<Duration>,
+    blocking: bool,
     unknown_types: UnknownTypes,
     max_held: Option<usize>,
     max_entry_bytes: usize,
@@ -89,6 +90,7 @@ impl SubscriberOptions {
             status_ttl: Duration::from_secs(24 * 3600),
             status_safety_ttl: Duration::from_secs(7 * 24 * 3600),
             handler_timeout: None,
+            blocking: false,
             unknown_types: UnknownTypes::Skip,
             max_held: None,
             max_entry_bytes: 2 * 1024 * 1024,
@@ -227,6 +229,40 @@ impl SubscriberOptions {
     /// The handler timeout, if any.
     pub fn get_handler_timeout(&self) -> Option<Duration> {
         self.handler_timeout
+    }
+
+    /// Runs each handler on Tokio's blocking thread pool instead of the runtime's worker threads
+    /// (default off). Turn it on for handlers that block their thread: a synchronous database
+    /// driver, file or network I/O without `.await`, CPU-heavy work. The handler is still an async
+    /// function with the same [`Context`](crate::Context), results, retries, timeout and panic
+    /// handling; it may `.await` as usual, and its blocking calls then hold only a blocking-pool
+    /// thread, never a worker thread that other tasks of the process (and other handlers) need.
+    ///
+    /// The worker notices handlers that block a runtime thread without this option: it logs a
+    /// warning naming the subscriber (at most once a minute) and counts each such stretch in
+    /// `streambus_handler_blocking_total`. Leases are renewed on a thread of their own either way,
+    /// so a blocking handler does not lose its entry to another worker while it runs.
+    ///
+    /// A blocking handler cannot be interrupted: when its [`handler_timeout`](Self::handler_timeout)
+    /// passes, the attempt counts as failed and its slot is freed, but the thread runs the body to
+    /// its end. Each running blocking handler holds one blocking-pool thread (Tokio's default pool
+    /// has 512), so keep the concurrency below the pool's size.
+    ///
+    /// ```
+    /// use bus_core::SubscriberOptions;
+    ///
+    /// let opts = SubscriberOptions::new("reports").concurrency(4).blocking(true);
+    /// assert!(opts.get_blocking());
+    /// ```
+    #[must_use]
+    pub fn blocking(mut self, on: bool) -> Self {
+        self.blocking = on;
+        self
+    }
+
+    /// Whether handlers run on the blocking thread pool.
+    pub fn get_blocking(&self) -> bool {
+        self.blocking
     }
 
     /// What the group does with event types none of its handlers knows (default

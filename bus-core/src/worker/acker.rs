@@ -4,6 +4,10 @@
 //!
 //! Entries that carried an attempt record (they were retried or reclaimed) have it deleted in the
 //! same pipeline, so no record outlives its entry.
+//!
+//! The ack tasks run on the lease keeper's thread, over its connection: a handled entry is
+//! acknowledged at once even while other handlers block every runtime thread (until its ack
+//! lands, nothing renews its lease, and another worker would run it again).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use fred::prelude::*;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
+use super::keeper::Keeper;
 use crate::redis;
 
 /// Most ids in one XACK.
@@ -82,10 +87,10 @@ struct Ack {
     has_record: bool,
 }
 
-/// Starts the ack task for one lane. It ends at [`AckSender::close`] (or once every sender is
-/// dropped), after flushing what was queued before.
+/// Starts the ack task for one lane on the keeper's thread. It ends at [`AckSender::close`] (or
+/// once every sender is dropped), after flushing what was queued before.
 pub(crate) fn spawn(
-    client: Client,
+    keeper: &Keeper,
     key: String,
     records: String,
     group: String,
@@ -96,7 +101,8 @@ pub(crate) fn spawn(
         tx,
         unacked: unacked.clone(),
     };
-    let task = tokio::spawn(async move {
+    let client = keeper.client().clone();
+    let task = keeper.spawn(async move {
         let mut batch = Vec::with_capacity(64);
         let mut open = true;
         while open {

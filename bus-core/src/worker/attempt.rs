@@ -11,6 +11,7 @@ use futures::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
+use super::blocking::{run_on_blocking_pool, Watched};
 use super::fenced::Fenced;
 use super::gate::Turn;
 use super::group::Group;
@@ -60,8 +61,9 @@ struct Meta {
     span: Option<tracing::Span>,
 }
 
-/// Runs and settles one attempt; returns the slot for the caller to release.
-pub(crate) async fn run_attempt(g: &Arc<Group>, d: Delivery) -> Slot {
+/// Runs and settles one attempt on handler task `task` (past the pool's tasks for an attempt run
+/// on a task of its own); returns the slot for the caller to release.
+pub(crate) async fn run_attempt(g: &Arc<Group>, d: Delivery, task: usize) -> Slot {
     let Delivery {
         lane,
         id,
@@ -72,7 +74,7 @@ pub(crate) async fn run_attempt(g: &Arc<Group>, d: Delivery) -> Slot {
         has_record,
         slot,
     } = d;
-    let (outcome, meta) = attempt_outcome(g, &id, fields, attempt).await;
+    let (outcome, meta) = attempt_outcome(g, &id, fields, attempt, task).await;
     if outcome == Outcome::Ack && !g.opts().get_track_status() {
         // The common case, kept free of allocations: acknowledge and let go.
         g.metrics.handled.increment(1);
@@ -103,6 +105,7 @@ async fn attempt_outcome(
     id: &str,
     fields: Option<Vec<(Bytes, Bytes)>>,
     attempt: u32,
+    task: usize,
 ) -> (Outcome, Meta) {
     let mut meta = Meta::default();
     let Some(fields) = fields else {
@@ -186,12 +189,18 @@ async fn attempt_outcome(
         .latency_seconds
         .record(crate::time::now_ms().saturating_sub(env.published_at_ms) as f64 / 1000.0);
     let started = Instant::now();
-    let run = AssertUnwindSafe(handler.dispatch(env, ctx))
-        .catch_unwind()
-        .instrument(span);
-    let ran = match opts.get_handler_timeout() {
-        Some(limit) => tokio::time::timeout(limit, run).await.ok(),
-        None => Some(run.await),
+    let limit = opts.get_handler_timeout();
+    let ran = if opts.get_blocking() {
+        within(limit, run_on_blocking_pool(handler, env, ctx, span)).await
+    } else {
+        let run = AssertUnwindSafe(handler.dispatch(env, ctx))
+            .catch_unwind()
+            .instrument(span);
+        if g.blocking.enabled() {
+            within(limit, Watched::new(run, g, task)).await
+        } else {
+            within(limit, run).await
+        }
     };
     g.metrics
         .handle_seconds
@@ -255,6 +264,17 @@ async fn attempt_outcome(
         }
     };
     (outcome, meta)
+}
+
+/// Runs `f` to its end, or until `limit` passes (`None`).
+async fn within<F: std::future::Future>(
+    limit: Option<std::time::Duration>,
+    f: F,
+) -> Option<F::Output> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, f).await.ok(),
+        None => Some(f.await),
+    }
 }
 
 /// The entry an outcome is settled for.

@@ -180,9 +180,10 @@ impl Group {
         Ok(fenced(r.as_i64().unwrap_or(-9)))
     }
 
-    /// Renews the leases of `ids`; returns `(lost, deleted)`.
+    /// Renews the leases of `ids` over `client` (the lease keeper's); returns `(lost, deleted)`.
     pub(crate) async fn renew(
         &self,
+        client: &fred::prelude::Client,
         lane: Lane,
         ids: &[String],
     ) -> Result<(Vec<String>, Vec<String>)> {
@@ -191,7 +192,7 @@ impl Group {
         args.extend(ids.iter().map(|id| Value::from(id.as_str())));
         let reply = redis::eval(
             redis::renew_script(),
-            &self.client,
+            client,
             vec![l.stream.clone(), l.records.clone()],
             args,
         )

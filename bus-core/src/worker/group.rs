@@ -10,8 +10,10 @@ use fred::prelude::*;
 use tokio::sync::{watch, Semaphore};
 
 use super::acker::{AckSender, Unacked};
+use super::blocking::BlockingWatch;
 use super::gate::SoloGate;
 use super::handlers::HandlerSet;
+use super::keeper::Keeper;
 use super::pool::Pool;
 use super::state::{HeldTable, Lane};
 use super::WorkerSettings;
@@ -78,6 +80,10 @@ pub(crate) struct Group {
     /// Acknowledgements queued or in flight, all lanes.
     pub(crate) unacked: Arc<Unacked>,
     pub(crate) pool: Pool,
+    /// Times handler polls, to notice handlers that block their thread.
+    pub(crate) blocking: BlockingWatch,
+    /// The thread where leases are renewed, whatever the handlers do.
+    pub(crate) keeper: Keeper,
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) metrics: SubscriberMetrics,
     /// When an unknown event type was last logged, per type (the log is rate-limited).
@@ -95,6 +101,7 @@ impl Group {
         gate: SoloGate,
         acks: Vec<AckSender>,
         unacked: Arc<Unacked>,
+        keeper: Keeper,
         stop: watch::Receiver<bool>,
     ) -> Self {
         let opts = handlers.options();
@@ -104,6 +111,12 @@ impl Group {
         Group {
             slots: Arc::new(Semaphore::new(opts.get_concurrency())),
             pool: Pool::new(opts.get_concurrency()),
+            // A blocking-mode handler runs on the blocking pool: nothing to watch.
+            blocking: BlockingWatch::new(
+                opts.get_concurrency(),
+                settings.blocking_threshold.filter(|_| !opts.get_blocking()),
+            ),
+            keeper,
             held: HeldTable::new(lanes),
             names,
             metrics,

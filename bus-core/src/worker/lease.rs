@@ -13,7 +13,8 @@ use super::state::Phase;
 /// Renews every held entry each third of the visibility timeout; entries another consumer took
 /// over (or nobody has pending any more) are dropped from the table, and entries deleted from
 /// the stream while pending are counted and dropped. A running handler of a lost entry goes on;
-/// its outcome is fenced in Redis.
+/// its outcome is fenced in Redis. Runs on the lease keeper's thread, over its connection (see
+/// [`super::keeper`]).
 pub(crate) async fn heartbeat_loop(g: Arc<Group>, mut stop: watch::Receiver<bool>) {
     let interval = (g.vt() / 3).max(Duration::from_millis(30));
     loop {
@@ -24,8 +25,9 @@ pub(crate) async fn heartbeat_loop(g: Arc<Group>, mut stop: watch::Receiver<bool
         for lane in g.lanes() {
             let ids = g.held.ids(lane);
             for chunk in ids.chunks(SCRIPT_CHUNK) {
-                match g.renew(lane, chunk).await {
+                match g.renew(g.keeper.client(), lane, chunk).await {
                     Ok((lost, deleted)) => {
+                        tracing::debug!(renewed = chunk.len(), lost = lost.len(), "renewed leases");
                         for id in lost {
                             if g.held.forget(lane, &id).is_some() {
                                 g.metrics.lease_lost.increment(1);

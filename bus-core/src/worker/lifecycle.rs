@@ -11,9 +11,11 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::acker;
+use super::blocking::watch_loop;
 use super::gate::SoloGate;
 use super::group::{Group, GroupKeys};
 use super::handlers::HandlerSet;
+use super::keeper::Keeper;
 use super::lease::{heartbeat_loop, release_all};
 use super::pool::Pool;
 use super::read::{own_pending, Reader};
@@ -43,6 +45,7 @@ impl GroupRunner {
         consumer: Arc<str>,
         settings: WorkerSettings,
         gate: SoloGate,
+        keeper: Keeper,
         stop: watch::Receiver<bool>,
     ) -> Result<Self> {
         let opts = handlers.options().clone();
@@ -76,7 +79,7 @@ impl GroupRunner {
         let unacked = Arc::new(acker::Unacked::default());
         for lane in &keys.lanes {
             let (a, task) = acker::spawn(
-                client.clone(),
+                &keeper,
                 lane.stream.clone(),
                 lane.records.clone(),
                 opts.get_group().to_owned(),
@@ -86,7 +89,7 @@ impl GroupRunner {
             ackers.push(task);
         }
         let group = Group::new(
-            handlers, keys, consumer, conn, settings, gate, acks, unacked, stop,
+            handlers, keys, consumer, conn, settings, gate, acks, unacked, keeper, stop,
         );
         Ok(Self {
             group: Arc::new(group),
@@ -131,12 +134,18 @@ impl GroupRunner {
             take_own_pending(&g).await;
             let scanner = tokio::spawn(scan_loop(g.clone()).in_current_span());
             let (heartbeat_stop, heartbeat_rx) = watch::channel(false);
-            let heartbeat = tokio::spawn(heartbeat_loop(g.clone(), heartbeat_rx).in_current_span());
+            // Both on the keeper's thread: handlers that block cannot starve them.
+            let heartbeat = g
+                .keeper
+                .spawn(heartbeat_loop(g.clone(), heartbeat_rx.clone()).in_current_span());
+            let watch = g
+                .keeper
+                .spawn(watch_loop(g.clone(), heartbeat_rx).in_current_span());
             Reader::new(g.clone(), self.reader.clone(), self.reading.clone())
                 .run()
                 .await;
             let _ = scanner.await;
-            shut_down(&g, self.ackers, heartbeat_stop, heartbeat).await;
+            shut_down(&g, self.ackers, heartbeat_stop, [heartbeat, watch]).await;
         }
         .instrument(span)
         .await
@@ -173,7 +182,7 @@ async fn shut_down(
     g: &Arc<Group>,
     ackers: Vec<JoinHandle<()>>,
     heartbeat_stop: watch::Sender<bool>,
-    heartbeat: JoinHandle<()>,
+    keeper_tasks: [JoinHandle<()>; 2],
 ) {
     g.held.abort_waiting();
     let all = g.opts().get_concurrency() as u32;
@@ -184,7 +193,9 @@ async fn shut_down(
         let _ = tokio::time::timeout(Duration::from_secs(5), g.slots.acquire_many(all)).await;
     }
     let _ = heartbeat_stop.send(true);
-    let _ = heartbeat.await;
+    for task in keeper_tasks {
+        let _ = task.await;
+    }
     g.close_acks().await;
     for a in ackers {
         let _ = a.await;

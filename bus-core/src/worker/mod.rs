@@ -12,6 +12,8 @@
 //! | `attempt` | running one attempt and settling its typed outcome |
 //! | `reclaim` | the pending-entry scanner and consumer reaping |
 //! | `lease` | lease renewal and release at shutdown |
+//! | `keeper` | the thread (own runtime, own connection) where leases are renewed |
+//! | `blocking` | the blocking-handler mode, and noticing handlers that block a runtime thread |
 //! | `state` | the held-entry table and its typed states |
 //! | `fenced` | the fenced per-entry Redis scripts with typed replies |
 //! | `gate` | the process-wide gate that lets a suspect run alone |
@@ -20,10 +22,12 @@
 
 mod acker;
 mod attempt;
+mod blocking;
 mod fenced;
 mod gate;
 mod group;
 mod handlers;
+mod keeper;
 mod lease;
 mod lifecycle;
 mod outcome;
@@ -51,6 +55,7 @@ use crate::names::validate_name;
 use crate::subscriber::{Configured, Subscriber, SubscriberOptions};
 use gate::SoloGate;
 use handlers::{DynHandler, HandlerSet};
+use keeper::Keeper;
 use lifecycle::GroupRunner;
 
 /// A worker process's set of subscribers. Build it with [`Bus::worker`], add subscribers, then
@@ -92,6 +97,8 @@ pub(crate) struct WorkerSettings {
     pub(crate) trim_interval: Option<Duration>,
     pub(crate) retention: crate::trim::Retention,
     pub(crate) trim_all_interval: Option<Duration>,
+    /// A handler poll longer than this is reported (`None`: never).
+    pub(crate) blocking_threshold: Option<Duration>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -134,6 +141,9 @@ impl Bus {
     }
 }
 
+/// How long a handler may hold a runtime thread in one poll before the worker reports it.
+const DEFAULT_BLOCKING_THRESHOLD: Duration = Duration::from_millis(200);
+
 impl Worker {
     pub(crate) fn new(conn: &Conn) -> Self {
         Self {
@@ -147,6 +157,7 @@ impl Worker {
                 trim_interval: Some(Duration::from_secs(30)),
                 retention: crate::trim::Retention::default(),
                 trim_all_interval: None,
+                blocking_threshold: Some(DEFAULT_BLOCKING_THRESHOLD),
             },
         }
     }
@@ -233,6 +244,17 @@ impl Worker {
         self
     }
 
+    /// How long a handler may hold a runtime thread without yielding before the worker reports it
+    /// (default 200 ms; `None` turns the watch off). Each such stretch is counted in
+    /// `streambus_handler_blocking_total`, and a warning naming the subscriber is logged at most
+    /// once a minute per group; see [`SubscriberOptions::blocking`] for the cure. Handlers in
+    /// blocking mode are not watched.
+    #[must_use]
+    pub fn warn_blocking_after(mut self, threshold: Option<Duration>) -> Self {
+        self.settings.blocking_threshold = threshold.filter(|t| !t.is_zero());
+        self
+    }
+
     /// Checks the configuration, creates the consumer groups and starts reading. Returns once every
     /// subscriber's group exists and its reader is connected.
     pub async fn start(self) -> Result<WorkerHandle> {
@@ -272,6 +294,8 @@ impl Worker {
         // One gate for the whole process: a suspect runs alone among every group's handlers.
         let gate = SoloGate::default();
         let consumer_name: Arc<str> = Arc::from(consumer.as_str());
+        // One lease keeper (thread and connection) for the worker's groups.
+        let keeper = Keeper::start(&self.conn).await?;
         let mut subs = Vec::with_capacity(sets.len());
         for set in sets {
             let prepared = GroupRunner::prepare(
@@ -280,6 +304,7 @@ impl Worker {
                 consumer_name.clone(),
                 self.settings.clone(),
                 gate.clone(),
+                keeper.clone(),
                 stop_rx.clone(),
             )
             .await;

@@ -46,7 +46,7 @@ impl Pool {
                     while let Some(delivery) = rx.recv().await {
                         // The slot and the gate turn travel with the delivery; they are released
                         // after the task is back on the idle list.
-                        let held = run_attempt(&group, delivery).await;
+                        let held = run_attempt(&group, delivery, i).await;
                         if let Ok(mut idle) = group.pool.idle.lock() {
                             idle.push(i);
                         }
@@ -90,7 +90,7 @@ impl Pool {
         let group = g.clone();
         let task = tokio::spawn(
             async move {
-                let held = run_attempt(&group, delivery).await;
+                let held = run_attempt(&group, delivery, usize::MAX).await;
                 drop(held);
             }
             .in_current_span(),

@@ -10,7 +10,8 @@
 //! hits handlers of both, and reaches Redis through a fault proxy of its own. Faults: SIGKILL of
 //! workers mid-handler (then restarted), SIGTERM (graceful), poison events that abort whichever
 //! process runs them (1 in 97), slow handlers (2.5× the visibility timeout: leases) next to them,
-//! hung handlers (ended by the handler timeout), a downstream outage (a burst of events whose
+//! hung handlers (ended by the handler timeout), handlers that block their thread past the
+//! visibility timeout or spin on the CPU (every other worker runs in blocking mode), a downstream outage (a burst of events whose
 //! first two attempts fail), events of a type no handler knows, Redis SIGKILL + restart with AOF
 //! `everysec`, Redis SIGSTOP longer than the visibility timeout ("stall") and longer than the
 //! command timeout ("long stall"), and partitions (a worker's connections blackholed for 2.5×
@@ -89,6 +90,8 @@ impl Pool {
         let proxy = FaultProxy::start(self.redis_addr).expect("fault proxy");
         self.args.url = proxy.url();
         self.args.ledger = self.dir.join(format!("worker-{}.ledger", self.spawned));
+        // Every other worker runs its handlers in blocking mode.
+        self.args.blocking = self.spawned % 2 == 1;
         self.spawned += 1;
         // Redis may be down right now: try for a while.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -116,13 +119,19 @@ impl Pool {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("worker") {
         // The chaos suite's worker processes are this binary too.
-        std::process::exit(integration_tests::worker::worker_main(argv[1..].to_vec()).await);
+        std::process::exit(integration_tests::worker::run_worker_process(
+            argv[1..].to_vec(),
+        ));
     }
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(chaos());
+}
+
+async fn chaos() {
     let events: u64 = arg("--events", 3000);
     let workers: usize = arg("--workers", 4);
     let duration = Duration::from_secs(arg("--duration-secs", 60));
@@ -193,9 +202,14 @@ async fn main() {
             for n in 0..events {
                 tick.tick().await;
                 let in_outage = outage.contains(&n);
+                let slow = rng.below(20) == 0;
+                // Handlers that block their thread past the visibility timeout, or spin on the
+                // CPU: leases must hold while they run. Never on top of a slow handler: together
+                // they would pass the handler timeout on every attempt.
+                let (block, spin) = (!slow && rng.below(25) == 0, !slow && rng.below(50) == 0);
                 let task = Task {
                     n,
-                    slow_ms: if rng.below(20) == 0 {
+                    slow_ms: if slow {
                         vt.as_millis() as u64 * 5 / 2
                     } else {
                         rng.below(20)
@@ -207,6 +221,12 @@ async fn main() {
                         u32::from(rng.below(10) == 0)
                     },
                     hang_times: u32::from(rng.below(50) == 0),
+                    block_ms: if block {
+                        vt.as_millis() as u64 * 3 / 2
+                    } else {
+                        0
+                    },
+                    spin_ms: if spin { vt.as_millis() as u64 / 2 } else { 0 },
                 };
                 hung += u64::from(task.hang_times);
                 outage_events += u64::from(in_outage);

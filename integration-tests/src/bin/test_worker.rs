@@ -1,7 +1,6 @@
 //! A worker process for fault tests and the chaos suite; see `integration_tests::worker`.
 
-#[tokio::main]
-async fn main() {
-    let code = integration_tests::worker::worker_main(std::env::args().skip(1).collect()).await;
+fn main() {
+    let code = integration_tests::worker::run_worker_process(std::env::args().skip(1).collect());
     std::process::exit(code);
 }

@@ -152,15 +152,27 @@ pub(crate) struct Drained {
     pub(crate) cpu: CpuUse,
 }
 
-/// Starts one worker with one subscriber per group (concurrency 32, no-op handler counting in an
-/// AtomicU64) on a stream holding a backlog of `n` events, and times from just before
-/// `Worker::start` until every group handled all `n` and XPENDING of every group is 0.
-/// `fail_every`: events whose seq is a multiple of it fail their first attempt.
+/// What each handler does before it counts its event.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Work {
+    /// Nothing: a no-op handler.
+    Nothing,
+    /// `.await`s `tokio::time::sleep` (yields its thread while it waits).
+    Await(Duration),
+    /// Blocks its thread with `std::thread::sleep`.
+    Block(Duration),
+}
+
+/// Starts one worker with one subscriber per group (concurrency `concurrency`, a handler doing
+/// `work` and then counting in an AtomicU64) on a stream holding a backlog of `n` events, and
+/// times from just before `Worker::start` until every group handled all `n` and XPENDING of every
+/// group is 0. `fail_every`: events whose seq is a multiple of it fail their first attempt.
 pub(crate) async fn drain_with_worker(
     bus: &Bus,
     n: u64,
     groups: &[&str],
     fail_every: Option<u64>,
+    work: Work,
     concurrency: usize,
     tune: impl Fn(SubscriberOptions) -> SubscriberOptions,
 ) -> BoxResult<Drained> {
@@ -174,6 +186,11 @@ pub(crate) async fn drain_with_worker(
             let (h, d) = (h.clone(), d.clone());
             async move {
                 d.fetch_add(1, Ordering::Relaxed);
+                match work {
+                    Work::Nothing => {}
+                    Work::Await(t) => tokio::time::sleep(t).await,
+                    Work::Block(t) => std::thread::sleep(t),
+                }
                 if fail_every.is_some_and(|k| ev.seq.is_multiple_of(k)) && ctx.attempt() == 1 {
                     return Err("planned first-attempt failure");
                 }

@@ -1,5 +1,6 @@
-//! Streambus load generator: throughput, drain, fan-out, retry and latency workloads against a real
-//! Redis, next to raw fred ceilings measured in the same run with the same entries.
+//! Streambus load generator: throughput, drain, fan-out, retry, blocking-handler and latency
+//! workloads against a real Redis, next to raw fred ceilings measured in the same run with the same
+//! entries.
 //!
 //! ```text
 //! cargo run --release -p benches --bin loadgen -- [--json] [--events N] [--latency-secs S]
@@ -12,8 +13,10 @@
 //! - `--repeat K`: throughput workloads run K times; the median is reported with the range
 //!   (default 3).
 //! - `--concurrency C`: handler concurrency of every subscriber (default 32).
-//! - `--only LIST`: comma-separated subset of `drain,fanout,retry,publish,latency,raw,rb,big`
-//!   (for profiling one workload); skipped metrics are `null`.
+//! - `--only LIST`: comma-separated subset of
+//!   `drain,fanout,retry,blocking,publish,latency,raw,rb,big` (for profiling one workload); skipped
+//!   metrics are `null`. `blocking` drains min(N, 20 000) events with 5 ms handlers, awaited and
+//!   in blocking mode.
 //! - `--big`: also drain a 1 000 000-event backlog and report the RSS peak of that phase.
 //! - `--json`: end with one JSON line of every metric.
 //!
@@ -26,7 +29,7 @@
 //! Modules: this file has the command line and runs the phases in order; `harness` the run
 //! (prefix, buses, clean-up), the raw side and the shared publish/drain helpers; `stats` the
 //! samples of repeated metrics; `workloads` one module per phase; `report` the table and the JSON
-//! line.
+//! line; `tests` the command line's tests.
 
 mod harness;
 mod report;
@@ -43,17 +46,17 @@ use crate::harness::{progress, redis_version, Run};
 use crate::report::Report;
 
 /// The workloads `--only` accepts.
-const WORKLOADS: [&str; 8] = [
-    "drain", "fanout", "retry", "publish", "latency", "raw", "rb", "big",
+const WORKLOADS: [&str; 9] = [
+    "drain", "fanout", "retry", "blocking", "publish", "latency", "raw", "rb", "big",
 ];
 
 /// The command line.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "loadgen",
-    about = "Streambus load generator: throughput, drain, fan-out, retry and latency workloads \
-             against a real Redis, next to raw fred ceilings measured in the same run with the \
-             same entries.",
+    about = "Streambus load generator: throughput, drain, fan-out, retry, blocking-handler and \
+             latency workloads against a real Redis, next to raw fred ceilings measured in the \
+             same run with the same entries.",
     after_help = "REDIS_URL: the Redis to load (default redis://127.0.0.1:6379). Every key lives \
                   under a unique prefix (loadgen-<random>-<workload>) and is deleted at the end, \
                   also on error or Ctrl-C.",
@@ -110,8 +113,9 @@ struct Args {
     )]
     concurrency: usize,
 
-    /// Comma-separated subset of drain,fanout,retry,publish,latency,raw,rb,big (for profiling one
-    /// workload); skipped metrics are null.
+    /// Comma-separated subset of drain,fanout,retry,blocking,publish,latency,raw,rb,big (for
+    /// profiling one workload); skipped metrics are null. blocking: min(--events, 20000) events
+    /// with 5 ms handlers, awaited vs blocking mode.
     #[arg(long, value_name = "LIST", value_parser = parse_only)]
     only: Option<Only>,
 
@@ -192,6 +196,10 @@ async fn run_all(args: &Args, run: &mut Run, report: &mut Report) -> BoxResult<(
     if args.wants("drain") || args.wants("fanout") || args.wants("retry") {
         report.worker_peak_rss_mib = benches::peak_rss_mib();
     }
+    // After the RSS read: its blocking-pool threads are not part of the worker figure.
+    if args.wants("blocking") {
+        workloads::blocking::phase_blocking(args, run, report).await?;
+    }
     if args.wants("publish") || args.wants("raw") {
         workloads::publish::phase_publish(args, run, report).await?;
     }
@@ -238,86 +246,4 @@ async fn main() -> BoxResult<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    use super::*;
-
-    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
-        let mut args =
-            Args::try_parse_from(std::iter::once("loadgen").chain(argv.iter().copied()))?;
-        args.big |= args.only_has("big");
-        Ok(args)
-    }
-
-    #[test]
-    fn command_is_consistent() {
-        Args::command().debug_assert();
-    }
-
-    #[test]
-    fn defaults() {
-        let a = parse(&[]).expect("no flags");
-        assert!(!a.json && !a.big && a.only.is_none());
-        assert_eq!(
-            (a.events, a.latency_secs, a.rate, a.repeat, a.concurrency),
-            (100_000, 10, 2_000, 3, 32)
-        );
-        assert!(WORKLOADS.iter().all(|w| a.wants(w) == (*w != "big")));
-    }
-
-    #[test]
-    fn flags() {
-        let a = parse(&[
-            "--json",
-            "--events",
-            "5",
-            "--latency-secs",
-            "2",
-            "--rate",
-            "7",
-            "--repeat",
-            "1",
-            "--concurrency",
-            "8",
-            "--big",
-        ])
-        .expect("valid flags");
-        assert!(a.json && a.big);
-        assert_eq!(
-            (a.events, a.latency_secs, a.rate, a.repeat, a.concurrency),
-            (5, 2, 7, 1, 8)
-        );
-        assert!(WORKLOADS.iter().all(|w| a.wants(w)));
-        // The last of a repeated flag wins.
-        assert_eq!(
-            parse(&["--events", "1", "--events", "2"])
-                .map(|a| a.events)
-                .ok(),
-            Some(2)
-        );
-    }
-
-    #[test]
-    fn only() {
-        let a = parse(&["--only", " drain, raw ,"]).expect("valid list");
-        assert!(a.wants("drain") && a.wants("raw") && !a.wants("fanout") && !a.big);
-        let a = parse(&["--only", "big"]).expect("valid list");
-        assert!(a.big && a.wants("big") && !a.wants("drain"));
-        assert!(parse(&["--only", "drain,nope"]).is_err());
-    }
-
-    #[test]
-    fn zero_and_unknown_are_refused() {
-        for flag in [
-            "--events",
-            "--latency-secs",
-            "--rate",
-            "--repeat",
-            "--concurrency",
-        ] {
-            assert!(parse(&[flag, "0"]).is_err(), "{flag} 0");
-        }
-        assert!(parse(&["--bogus"]).is_err());
-    }
-}
+mod tests;

@@ -2,6 +2,7 @@
 //! deletes its keys when done and records its figures in the [`Report`](crate::report::Report).
 
 pub(crate) mod big;
+pub(crate) mod blocking;
 pub(crate) mod drain;
 pub(crate) mod fanout;
 pub(crate) mod latency;

@@ -3,7 +3,7 @@
 use benches::{peak_rss_mib, rss_mib, BoxResult};
 use bus_core::testing::delete_prefix;
 
-use crate::harness::{backlog, drain_with_worker, progress, reset_peak_rss, Run};
+use crate::harness::{backlog, drain_with_worker, progress, reset_peak_rss, Run, Work};
 use crate::report::Report;
 use crate::stats::per_s;
 use crate::Args;
@@ -16,7 +16,16 @@ pub(crate) async fn phase_big(args: &Args, run: &mut Run, report: &mut Report) -
     backlog(&bus, big).await?;
     let reset = reset_peak_rss();
     let before = rss_mib();
-    let d = drain_with_worker(&bus, big, &["big"], None, args.concurrency, |o| o).await?;
+    let d = drain_with_worker(
+        &bus,
+        big,
+        &["big"],
+        None,
+        Work::Nothing,
+        args.concurrency,
+        |o| o,
+    )
+    .await?;
     report.big_events = Some(big);
     report.big_drain_per_s = Some(per_s(big, d.took));
     report.big_phase_peak_rss_mib = if reset { peak_rss_mib() } else { None };

@@ -5,7 +5,7 @@ use benches::raw;
 use benches::{BoxResult, CpuMeter};
 use bus_core::testing::delete_prefix;
 
-use crate::harness::{backlog, drain_with_worker, progress, RawSide, Run};
+use crate::harness::{backlog, drain_with_worker, progress, RawSide, Run, Work};
 use crate::report::Report;
 use crate::stats::{Samples, Series};
 use crate::Args;
@@ -46,16 +46,31 @@ pub(crate) async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report)
         let mut bus_rate = 0.0;
         if let Some(bus) = &bus {
             backlog(bus, n).await?;
-            let d = drain_with_worker(bus, n, &["drain"], None, args.concurrency, |o| o).await?;
+            let d = drain_with_worker(
+                bus,
+                n,
+                &["drain"],
+                None,
+                Work::Nothing,
+                args.concurrency,
+                |o| o,
+            )
+            .await?;
             let rate = w2.push(n, d.took, d.cpu);
             bus_rate = rate;
             line += &format!(" W2 {rate:.0}/s;");
             delete_prefix(bus).await?;
             backlog(bus, n).await?;
             let ahead = 256usize.saturating_sub(args.concurrency);
-            let d = drain_with_worker(bus, n, &["drain"], None, args.concurrency, |o| {
-                o.prefetch(ahead)
-            })
+            let d = drain_with_worker(
+                bus,
+                n,
+                &["drain"],
+                None,
+                Work::Nothing,
+                args.concurrency,
+                |o| o.prefetch(ahead),
+            )
             .await?;
             let rate = w2b.push(n, d.took, d.cpu);
             line += &format!(" W2 prefetch {rate:.0}/s;");

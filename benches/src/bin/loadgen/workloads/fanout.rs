@@ -3,7 +3,7 @@
 use benches::BoxResult;
 use bus_core::testing::delete_prefix;
 
-use crate::harness::{backlog, drain_with_worker, progress, Run};
+use crate::harness::{backlog, drain_with_worker, progress, Run, Work};
 use crate::report::Report;
 use crate::stats::Series;
 use crate::Args;
@@ -20,6 +20,7 @@ pub(crate) async fn phase_fanout(args: &Args, run: &mut Run, report: &mut Report
             n,
             &["fan1", "fan2", "fan3"],
             None,
+            Work::Nothing,
             args.concurrency,
             |o| o,
         )

@@ -5,7 +5,7 @@ use std::time::Duration;
 use benches::BoxResult;
 use bus_core::testing::delete_prefix;
 
-use crate::harness::{backlog, drain_with_worker, progress, Run};
+use crate::harness::{backlog, drain_with_worker, progress, Run, Work};
 use crate::report::Report;
 use crate::stats::{Samples, Series};
 use crate::Args;
@@ -19,10 +19,18 @@ pub(crate) async fn phase_retry(args: &Args, run: &mut Run, report: &mut Report)
     let mut deliveries = 0;
     for i in 0..k {
         backlog(&bus, n).await?;
-        let d = drain_with_worker(&bus, n, &["retry"], Some(10), args.concurrency, |o| {
-            o.backoff_min(Duration::from_millis(10))
-                .backoff_max(Duration::from_millis(50))
-        })
+        let d = drain_with_worker(
+            &bus,
+            n,
+            &["retry"],
+            Some(10),
+            Work::Nothing,
+            args.concurrency,
+            |o| {
+                o.backoff_min(Duration::from_millis(10))
+                    .backoff_max(Duration::from_millis(50))
+            },
+        )
         .await?;
         deliveries = d.deliveries;
         let rate = s.push(d.deliveries, d.took, d.cpu);
