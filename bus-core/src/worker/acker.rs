@@ -5,9 +5,9 @@
 //! Entries that carried an attempt record (they were retried or reclaimed) have it deleted in the
 //! same pipeline, so no record outlives its entry.
 //!
-//! The ack tasks run on the lease keeper's thread, over its connection: a handled entry is
-//! acknowledged at once even while other handlers block every runtime thread (until its ack
-//! lands, nothing renews its lease, and another worker would run it again).
+//! An entry stays in the held table (state `Acking`, lease renewed by the keeper thread) until
+//! its `XACK` was sent: while handlers block every runtime thread, the ack task may not run for a
+//! while, and an entry nobody renews would be taken over and run again by another worker.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use fred::prelude::*;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
-use super::keeper::Keeper;
+use super::state::{HeldTable, Lane, Token};
 use crate::redis;
 
 /// Most ids in one XACK.
@@ -33,6 +33,8 @@ enum Msg {
     Ack {
         id: String,
         has_record: bool,
+        /// Its `Acking` state in the held table, removed once the ack was sent.
+        token: Option<Token>,
     },
     /// Flush what came before and end (shutdown, once no handler runs any more).
     Close,
@@ -47,6 +49,11 @@ pub(crate) struct Unacked {
 }
 
 impl Unacked {
+    /// Acknowledgements queued or in flight.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
     /// Waits until every queued acknowledgement was sent (or given up).
     pub(crate) async fn drained(&self) {
         loop {
@@ -66,14 +73,22 @@ pub(crate) struct AckSender {
 }
 
 impl AckSender {
-    /// Queues an acknowledgement; `has_record` also deletes the entry's attempt record.
-    pub(crate) async fn ack(&self, id: String, has_record: bool) {
+    /// Queues an acknowledgement; `has_record` also deletes the entry's attempt record; `token`
+    /// is the entry's `Acking` state, left once the ack was sent. False when the ack task is gone.
+    pub(crate) async fn ack(&self, id: String, has_record: bool, token: Option<Token>) -> bool {
         self.unacked.count.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(Msg::Ack { id, has_record }).await.is_err() {
+        let msg = Msg::Ack {
+            id,
+            has_record,
+            token,
+        };
+        if self.tx.send(msg).await.is_err() {
             self.unacked.count.fetch_sub(1, Ordering::AcqRel);
             self.unacked.changed.notify_waiters();
             tracing::error!("ack channel closed; the entry will be redelivered");
+            return false;
         }
+        true
     }
 
     /// Asks the acker to flush what was queued and end.
@@ -85,12 +100,16 @@ impl AckSender {
 struct Ack {
     id: String,
     has_record: bool,
+    token: Option<Token>,
 }
 
-/// Starts the ack task for one lane on the keeper's thread. It ends at [`AckSender::close`] (or
-/// once every sender is dropped), after flushing what was queued before.
+/// Starts the ack task for one lane. It ends at [`AckSender::close`] (or once every sender is
+/// dropped), after flushing what was queued before.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
-    keeper: &Keeper,
+    client: Client,
+    lane: Lane,
+    held: Arc<HeldTable>,
     key: String,
     records: String,
     group: String,
@@ -101,18 +120,33 @@ pub(crate) fn spawn(
         tx,
         unacked: unacked.clone(),
     };
-    let client = keeper.client().clone();
-    let task = keeper.spawn(async move {
+    let task = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(64);
         let mut open = true;
         while open {
             match rx.recv().await {
-                Some(Msg::Ack { id, has_record }) => batch.push(Ack { id, has_record }),
+                Some(Msg::Ack {
+                    id,
+                    has_record,
+                    token,
+                }) => batch.push(Ack {
+                    id,
+                    has_record,
+                    token,
+                }),
                 Some(Msg::Close) | None => break,
             }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(Msg::Ack { id, has_record }) => batch.push(Ack { id, has_record }),
+                    Ok(Msg::Ack {
+                        id,
+                        has_record,
+                        token,
+                    }) => batch.push(Ack {
+                        id,
+                        has_record,
+                        token,
+                    }),
                     Ok(Msg::Close) => {
                         open = false;
                         break;
@@ -121,6 +155,13 @@ pub(crate) fn spawn(
                 }
             }
             flush(&client, &key, &records, &group, &batch).await;
+            // Sent (or given up: then the entry is reclaimed and runs again after the visibility
+            // timeout, so it must not be renewed any more either).
+            for a in &batch {
+                if let Some(token) = a.token {
+                    held.remove(lane, &a.id, token);
+                }
+            }
             unacked.count.fetch_sub(batch.len(), Ordering::AcqRel);
             unacked.changed.notify_waiters();
             batch.clear();

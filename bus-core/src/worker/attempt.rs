@@ -78,10 +78,7 @@ pub(crate) async fn run_attempt(g: &Arc<Group>, d: Delivery, task: usize) -> Slo
     if outcome == Outcome::Ack && !g.opts().get_track_status() {
         // The common case, kept free of allocations: acknowledge and let go.
         g.metrics.handled.increment(1);
-        // Not held any more: the lease was lost and another worker may have written an
-        // attempt record meanwhile; this ack settles the entry, so the record goes too.
-        let lost = !g.held.remove(lane, &id, token);
-        g.ack(lane, id, has_record || lost).await;
+        g.ack(lane, id, token, has_record).await;
         return slot;
     }
     let span = meta.span.clone().unwrap_or_else(tracing::Span::none);
@@ -308,10 +305,7 @@ impl Settle<'_> {
                     meta.result.as_deref(),
                 )
                 .await;
-                // Not held any more: the lease was lost and another worker may have written an
-                // attempt record meanwhile; this ack settles the entry, so the record goes too.
-                let lost = !g.held.remove(lane, id, token);
-                g.ack(lane, id.to_owned(), has_record || lost).await;
+                g.ack(lane, id.to_owned(), token, has_record).await;
             }
             Outcome::Skip(reason) => {
                 match reason {
@@ -324,8 +318,7 @@ impl Settle<'_> {
                         tracing::debug!(entry_id = id, "replayed for another group; skipped")
                     }
                 }
-                let lost = !g.held.remove(lane, id, token);
-                g.ack(lane, id.to_owned(), has_record || lost).await;
+                g.ack(lane, id.to_owned(), token, has_record).await;
             }
             Outcome::Retry {
                 delay,

@@ -15,7 +15,7 @@ use super::gate::SoloGate;
 use super::handlers::HandlerSet;
 use super::keeper::Keeper;
 use super::pool::Pool;
-use super::state::{HeldTable, Lane};
+use super::state::{HeldTable, Lane, Phase, Token};
 use super::WorkerSettings;
 use crate::conn::Conn;
 use crate::metrics::SubscriberMetrics;
@@ -71,7 +71,7 @@ pub(crate) struct Group {
     pub(crate) conn: Conn,
     pub(crate) client: Client,
     pub(crate) settings: WorkerSettings,
-    pub(crate) held: HeldTable,
+    pub(crate) held: Arc<HeldTable>,
     /// One permit per concurrency slot.
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) gate: SoloGate,
@@ -99,6 +99,7 @@ impl Group {
         conn: &Conn,
         settings: WorkerSettings,
         gate: SoloGate,
+        held: Arc<HeldTable>,
         acks: Vec<AckSender>,
         unacked: Arc<Unacked>,
         keeper: Keeper,
@@ -107,7 +108,6 @@ impl Group {
         let opts = handlers.options();
         let names = ContextNames::new(handlers.stream(), opts.get_group(), &consumer);
         let metrics = SubscriberMetrics::new(handlers.stream(), opts.get_group());
-        let lanes = keys.lanes.len();
         Group {
             slots: Arc::new(Semaphore::new(opts.get_concurrency())),
             pool: Pool::new(opts.get_concurrency()),
@@ -117,7 +117,7 @@ impl Group {
                 settings.blocking_threshold.filter(|_| !opts.get_blocking()),
             ),
             keeper,
-            held: HeldTable::new(lanes),
+            held,
             names,
             metrics,
             consumer,
@@ -162,16 +162,25 @@ impl Group {
         &self.keys.lanes[lane]
     }
 
-    /// Room for more held entries (see [`SubscriberOptions::max_held`]).
+    /// Room for more held entries (see [`SubscriberOptions::max_held`]); entries that only wait
+    /// for their ack do not count.
     pub(crate) fn room(&self) -> usize {
-        self.opts().get_max_held().saturating_sub(self.held.len())
+        let held = self.held.len().saturating_sub(self.unacked.count());
+        self.opts().get_max_held().saturating_sub(held)
     }
 
-    /// Queues an acknowledgement on the lane's acker.
-    pub(crate) async fn ack(&self, lane: Lane, id: String, has_record: bool) {
-        if let Some(sender) = self.acks.get(lane) {
-            sender.ack(id, has_record).await;
-        }
+    /// Settles a handled entry: moves it from state `token` to `Acking` and queues its
+    /// acknowledgement (the acker lets go of it once sent). An entry no longer in that state lost
+    /// its lease, and another worker may have written an attempt record meanwhile; this ack
+    /// settles the entry, so the record goes too.
+    pub(crate) async fn ack(&self, lane: Lane, id: String, token: Token, has_record: bool) {
+        let acking = self.held.advance(lane, &id, token, Phase::Acking);
+        let Some(sender) = self.acks.get(lane) else {
+            return;
+        };
+        // Not queued (the acker is gone: shutdown): the entry stays held, and the release at
+        // shutdown makes it reclaimable at once.
+        let _ = sender.ack(id, has_record || acking.is_none(), acking).await;
     }
 
     /// Flushes and ends the ackers.

@@ -1,5 +1,6 @@
 //! The lease keeper: a thread of its own, with a small Tokio runtime and its own Redis
-//! connection, where lease renewals and the blocking-handler watch run.
+//! connection, where lease renewals and the blocking-handler watch run. (Acknowledgements stay on
+//! the application's runtime, for speed; an entry stays leased until its ack was sent.)
 //!
 //! Handlers share the application's runtime threads with everything else of the worker. A handler
 //! that blocks its thread (a synchronous driver, CPU-heavy work, `std::thread::sleep`) without

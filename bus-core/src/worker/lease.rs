@@ -61,7 +61,8 @@ pub(crate) async fn release_all(g: &Group) {
                 let record = match phase {
                     Phase::Queued => released_record(),
                     Phase::Running { attempt, .. } => abandoned_record(attempt),
-                    Phase::Claimed | Phase::Waiting => String::new(),
+                    // Acking: the handler succeeded but its ack was given up; run again, uncharged.
+                    Phase::Claimed | Phase::Waiting | Phase::Acking => String::new(),
                 };
                 (id, record)
             })

@@ -20,7 +20,7 @@ use super::lease::{heartbeat_loop, release_all};
 use super::pool::Pool;
 use super::read::{own_pending, Reader};
 use super::reclaim::{delete_consumer_if_idle, scan_loop};
-use super::state::Phase;
+use super::state::{HeldTable, Phase};
 use super::{take, WorkerSettings};
 use crate::conn::Conn;
 use crate::error::ClientResult;
@@ -77,9 +77,12 @@ impl GroupRunner {
         let mut acks = Vec::with_capacity(keys.lanes.len());
         let mut ackers = Vec::with_capacity(keys.lanes.len());
         let unacked = Arc::new(acker::Unacked::default());
-        for lane in &keys.lanes {
+        let held = Arc::new(HeldTable::new(keys.lanes.len()));
+        for (i, lane) in keys.lanes.iter().enumerate() {
             let (a, task) = acker::spawn(
-                &keeper,
+                client.clone(),
+                i,
+                held.clone(),
                 lane.stream.clone(),
                 lane.records.clone(),
                 opts.get_group().to_owned(),
@@ -89,7 +92,7 @@ impl GroupRunner {
             ackers.push(task);
         }
         let group = Group::new(
-            handlers, keys, consumer, conn, settings, gate, acks, unacked, keeper, stop,
+            handlers, keys, consumer, conn, settings, gate, held, acks, unacked, keeper, stop,
         );
         Ok(Self {
             group: Arc::new(group),

@@ -13,9 +13,9 @@
 //!           ┌──────────────────────────────────────────┐   retry recorded  │ Waiting │
 //!           │                 Running                  │──────────────────▶│         │
 //!           └──────────────────────────────────────────┘                   └─────────┘
-//!               │ ack / dead-letter / skip                    ▲     │ due: take
-//!               ▼                                             │     ▼
-//!           settled (removed)                                 └── Running …
+//!               │ dead-letter      │ ack / skip                ▲     │ due: take
+//!               ▼                  ▼                          │     ▼
+//!           settled (removed)   Acking ── XACK sent ──▶ removed   └── Running …
 //! ```
 //!
 //! Every transition names the [`Token`] of the state it leaves, so a task can only move or remove
@@ -50,6 +50,9 @@ pub(crate) enum Phase {
     Waiting,
     /// A handler runs it: attempt `attempt`, fenced by the delivery count `delivery`.
     Running { attempt: u32, delivery: u32 },
+    /// Settled here; its `XACK` is queued or in flight. Still renewed, so a busy process whose
+    /// ack waits does not lose the entry to another worker, which would run it again.
+    Acking,
 }
 
 struct Held {
