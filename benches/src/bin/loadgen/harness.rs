@@ -13,6 +13,8 @@ use fred::prelude::*;
 use fred::types::Value;
 use futures::{StreamExt, TryStreamExt};
 
+use crate::commandstats::{CmdMeter, Stats};
+
 /// The run: where to connect, the unique prefix, and every bus made (for clean-up).
 pub(crate) struct Run {
     url: String,
@@ -145,11 +147,13 @@ async fn xpending_count(client: &Client, key: &str, group: &str) -> BoxResult<u6
 }
 
 /// What a drain by a worker gave.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Drained {
     pub(crate) took: Duration,
     pub(crate) deliveries: u64,
     pub(crate) cpu: CpuUse,
+    /// `INFO commandstats` deltas over the drain (`None` if unreadable).
+    pub(crate) cmds: Option<Stats>,
 }
 
 /// What each handler does before it counts its event.
@@ -201,18 +205,21 @@ pub(crate) async fn drain_with_worker(
     }
     let key = bus.stream_key(Load::STREAM)?;
     let target = n * groups.len() as u64;
+    let cmds = CmdMeter::start(bus.redis()).await;
     let meter = CpuMeter::start(bus.redis()).await;
     let started = Instant::now();
     let handle = worker.start().await?;
     let waited = wait_drained(bus, &key, groups, &handled, target, started).await;
     let took = started.elapsed();
     let cpu = meter.stop(bus.redis()).await;
+    let cmds = cmds.stop(bus.redis()).await;
     handle.shutdown().await?;
     waited?;
     Ok(Drained {
         took,
         deliveries: deliveries.load(Ordering::Relaxed),
         cpu,
+        cmds,
     })
 }
 

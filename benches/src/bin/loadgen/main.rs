@@ -29,8 +29,10 @@
 //! Modules: this file has the command line and runs the phases in order; `harness` the run
 //! (prefix, buses, clean-up), the raw side and the shared publish/drain helpers; `stats` the
 //! samples of repeated metrics; `workloads` one module per phase; `report` the table and the JSON
-//! line; `tests` the command line's tests.
+//! line; `commandstats` the Redis CPU per command (`INFO commandstats` deltas) of W2, the raw
+//! COUNT 256 drain and W5; `tests` the command line's tests.
 
+mod commandstats;
 mod harness;
 mod report;
 mod stats;
@@ -239,6 +241,7 @@ async fn main() -> BoxResult<()> {
     deleted?;
     report.ratios();
     report::print_table(&report);
+    commandstats::print_tables(&report);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }

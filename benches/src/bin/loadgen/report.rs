@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::commandstats::{Cost, Tally};
 use crate::stats::{Samples, Series};
+use crate::workloads::drain::RAW_CMD_COUNT;
 use crate::workloads::publish::MINIMAL_PIPELINE_SHAPE;
 
 mod table;
@@ -54,6 +56,9 @@ pub(crate) struct Report {
     /// Redis CPU per event of `publish_batch` (1 000 × 4) ÷ that of the minimal-entry pipeline of
     /// the same shape (lower is better; 1.0 is the physical limit).
     pub(crate) redis_cpu_ratio_publish: Option<f64>,
+    /// Redis CPU per event (`INFO cpu`) of W2 ÷ that of the raw drain with `COUNT 256` (lower is
+    /// better; target ≤ 1.25).
+    pub(crate) redis_cpu_ratio_drain: Option<f64>,
     pub(crate) drain_ratio: Option<f64>,
     /// W2 / the best raw drain under the same back-pressure bound: the framework's own cost.
     pub(crate) drain_ratio_bounded: Option<f64>,
@@ -74,6 +79,9 @@ pub(crate) struct Report {
     pub(crate) medians: BTreeMap<String, f64>,
     /// (min, max) of every repeated metric, by name.
     pub(crate) ranges: BTreeMap<String, (f64, f64)>,
+    /// Redis CPU per command (`INFO commandstats`) by workload (`drain`, `raw_drain_count256`,
+    /// `retry`; per delivery for `retry`), then by command.
+    pub(crate) commands: BTreeMap<String, BTreeMap<String, Cost>>,
 }
 
 impl Report {
@@ -93,6 +101,13 @@ impl Report {
         self.record(&format!("{name}_client_cpu_us"), &s.client_us);
         self.record(&format!("{name}_redis_cpu_us"), &s.redis_us);
         self.record(&format!("{name}_per_s"), &s.rate)
+    }
+
+    /// Records the per-command costs of a workload under `name` (nothing if none were read).
+    pub(crate) fn record_commands(&mut self, name: &str, tally: &Tally) {
+        if let Some(costs) = tally.costs() {
+            self.commands.insert(name.to_owned(), costs);
+        }
     }
 
     /// The best median rate (`…_per_s`) among the metrics whose name starts with `prefix`.
@@ -118,6 +133,10 @@ impl Report {
             median(format!(
                 "minimal_xadd_pipeline_{batch}x{in_flight}_redis_cpu_us"
             )),
+        );
+        self.redis_cpu_ratio_drain = div(
+            median("drain_redis_cpu_us".into()),
+            median(format!("raw_drain_count{RAW_CMD_COUNT}_redis_cpu_us")),
         );
         self.drain_ratio = div(self.drain_per_s, self.raw_drain_per_s);
         self.drain_prefetch_ratio = div(self.drain_prefetch_per_s, self.raw_drain_per_s);

@@ -5,6 +5,7 @@ use benches::raw;
 use benches::{BoxResult, CpuMeter};
 use bus_core::testing::delete_prefix;
 
+use crate::commandstats::{CmdMeter, Tally};
 use crate::harness::{backlog, drain_with_worker, progress, RawSide, Run, Work};
 use crate::report::Report;
 use crate::stats::{Samples, Series};
@@ -14,6 +15,8 @@ use crate::Args;
 pub(crate) const RAW_DRAIN_COUNTS: [u64; 3] = [32, 256, 1_000];
 /// Concurrent reads the bounded raw drain splits its `concurrency` entries into.
 pub(crate) const RAW_BOUNDED_READS: [u64; 3] = [1, 2, 4];
+/// `COUNT` of the raw drain whose Redis CPU per command is reported (the minimal raw loop).
+pub(crate) const RAW_CMD_COUNT: u64 = 256;
 
 /// W2 (one worker, one group) and the raw drain ceiling, alternating in each repeat so both see
 /// the same machine conditions.
@@ -41,6 +44,7 @@ pub(crate) async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report)
         .collect();
     let c = args.concurrency as u64;
     let mut paired = Samples::default();
+    let (mut w2_cmds, mut raw_cmds) = (Tally::default(), Tally::default());
     for i in 0..k {
         let mut line = format!("drain {}/{k}:", i + 1);
         let mut bus_rate = 0.0;
@@ -57,6 +61,7 @@ pub(crate) async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report)
             )
             .await?;
             let rate = w2.push(n, d.took, d.cpu);
+            w2_cmds.add(d.cmds.as_ref(), n);
             bus_rate = rate;
             line += &format!(" W2 {rate:.0}/s;");
             delete_prefix(bus).await?;
@@ -81,10 +86,15 @@ pub(crate) async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report)
             line += " raw COUNT";
             let mut raw_best = 0.0_f64;
             for (count, s) in &mut raws {
+                let cmds = CmdMeter::start(&raw.client).await;
                 let meter = CpuMeter::start(&raw.client).await;
                 let took =
                     raw::drain(&raw.client, &raw.key, &format!("raw{count}"), n, *count).await?;
                 let rate = s.push(n, took, meter.stop(&raw.client).await);
+                let cmds = cmds.stop(&raw.client).await;
+                if *count == RAW_CMD_COUNT {
+                    raw_cmds.add(cmds.as_ref(), n);
+                }
                 raw_best = raw_best.max(rate);
                 line += &format!(" {count}: {rate:.0}/s");
             }
@@ -107,12 +117,14 @@ pub(crate) async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report)
     if bus.is_some() {
         report.drain_per_s = report.record_series("drain", &w2);
         report.drain_prefetch_per_s = report.record_series("drain_prefetch", &w2b);
+        report.record_commands("drain", &w2_cmds);
     }
     if let Some(raw) = raw {
         for (count, s) in &raws {
             report.record_series(&format!("raw_drain_count{count}"), s);
         }
         report.raw_drain_per_s = report.best("raw_drain_count");
+        report.record_commands(&format!("raw_drain_count{RAW_CMD_COUNT}"), &raw_cmds);
         for (reads, s) in &bounded {
             report.record_series(&format!("raw_bounded_{reads}x{}", c / reads), s);
         }

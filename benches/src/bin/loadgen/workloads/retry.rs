@@ -5,6 +5,7 @@ use std::time::Duration;
 use benches::BoxResult;
 use bus_core::testing::delete_prefix;
 
+use crate::commandstats::Tally;
 use crate::harness::{backlog, drain_with_worker, progress, Run, Work};
 use crate::report::Report;
 use crate::stats::{Samples, Series};
@@ -17,6 +18,7 @@ pub(crate) async fn phase_retry(args: &Args, run: &mut Run, report: &mut Report)
     let mut s = Series::default();
     let mut secs = Samples::default();
     let mut deliveries = 0;
+    let mut cmds = Tally::default();
     for i in 0..k {
         backlog(&bus, n).await?;
         let d = drain_with_worker(
@@ -34,6 +36,7 @@ pub(crate) async fn phase_retry(args: &Args, run: &mut Run, report: &mut Report)
         .await?;
         deliveries = d.deliveries;
         let rate = s.push(d.deliveries, d.took, d.cpu);
+        cmds.add(d.cmds.as_ref(), d.deliveries);
         secs.push(d.took.as_secs_f64());
         progress(&format!(
             "W5 retries {}/{k}: {} deliveries in {:.2} s = {rate:.0}/s",
@@ -46,5 +49,6 @@ pub(crate) async fn phase_retry(args: &Args, run: &mut Run, report: &mut Report)
     report.retry_drain_per_s = report.record_series("retry_drain", &s);
     report.retry_total_s = report.record("retry_total_s", &secs);
     report.retry_deliveries = Some(deliveries);
+    report.record_commands("retry", &cmds);
     Ok(())
 }
