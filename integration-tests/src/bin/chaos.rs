@@ -145,7 +145,7 @@ async fn chaos() {
     let mut rng = Rng(seed | 1);
     let vt = Duration::from_millis(arg("--vt-ms", 1000));
     let concurrency: usize = arg("--concurrency", 8);
-    let settle_for = Duration::from_secs(arg("--settle-secs", 300));
+    let settle_for = Duration::from_secs(arg("--settle-secs", 600));
 
     let dir = TempDir::new("chaos");
     let mut redis = RedisServer::builder()
@@ -197,6 +197,7 @@ async fn chaos() {
             let mut acked = HashSet::new();
             let mut errors = 0u64;
             let (mut hung, mut strangers, mut outage_events) = (0u64, 0u64, 0u64);
+            let mut blocking = 0u64;
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for n in 0..events {
@@ -229,6 +230,7 @@ async fn chaos() {
                     spin_ms: if spin { vt.as_millis() as u64 / 2 } else { 0 },
                 };
                 hung += u64::from(task.hang_times);
+                blocking += u64::from(task.block_ms > 0 || task.spin_ms > 0);
                 outage_events += u64::from(in_outage);
                 // A failed publish is indeterminate (it may be stored): publish again, same n.
                 // The checker counts extra copies as duplicates, never as losses.
@@ -241,7 +243,7 @@ async fn chaos() {
                     strangers += 1;
                 }
             }
-            (acked, errors, hung, strangers, outage_events)
+            (acked, errors, hung, strangers, outage_events, blocking)
         })
     };
     // Faults are spread over the run: one fault slot every `tick`.
@@ -313,7 +315,8 @@ async fn chaos() {
         pool.supervise(workers);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (acked, errors, hung, strangers, outage_events) = producer.await.expect("producer");
+    let (acked, errors, hung, strangers, outage_events, blocking) =
+        producer.await.expect("producer");
     c.publish_errors = errors;
 
     // Quiescence: in every group, every acknowledged publish handled or dead-lettered, nothing
@@ -438,6 +441,7 @@ async fn chaos() {
         "hung_handlers": hung,
         "unknown_types": strangers,
         "outage_events": outage_events,
+        "blocking_handlers": blocking,
         "publish_errors": c.publish_errors,
         "false_dead_letters": total_false,
         "poison_not_dead_lettered": total_missed,
