@@ -276,7 +276,18 @@ fn rmp_serde_payload(n: u64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_fed_hostile_entries_among_good_ones_handles_every_good_one_and_dead_letters_the_rest(
 ) {
-    let env = TestEnv::new("hostile").await;
+    hostile_entries_among_good_ones("hostile", false).await;
+}
+
+/// The same in blocking mode: payloads are decoded on the blocking pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_mode_worker_fed_hostile_entries_handles_every_good_one_and_dead_letters_the_rest(
+) {
+    hostile_entries_among_good_ones("hostile-blocking", true).await;
+}
+
+async fn hostile_entries_among_good_ones(label: &str, blocking: bool) {
+    let env = TestEnv::new(label).await;
     let key = env.bus.stream_key("jobs").expect("key");
     let mut rng = Rng(0x5eed_cafe);
     let mut expected: std::collections::HashMap<&'static str, u64> = Default::default();
@@ -305,7 +316,9 @@ async fn a_worker_fed_hostile_entries_among_good_ones_handles_every_good_one_and
     let w = integration_tests::support::start_worker(
         &env.bus,
         recording(
-            SubscriberOptions::new("g").unknown_types(bus_core::UnknownTypes::DeadLetter),
+            SubscriberOptions::new("g")
+                .unknown_types(bus_core::UnknownTypes::DeadLetter)
+                .blocking(blocking),
             &rec,
             |j: &Job, _| j.n.to_string(),
         ),

@@ -17,6 +17,7 @@ use fred::prelude::*;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
+use super::group::LaneKeys;
 use super::state::{HeldTable, Lane, Token};
 use crate::redis;
 
@@ -30,12 +31,7 @@ const CAPACITY: usize = 4 * MAX_BATCH;
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
 enum Msg {
-    Ack {
-        id: String,
-        has_record: bool,
-        /// Its `Acking` state in the held table, removed once the ack was sent.
-        token: Option<Token>,
-    },
+    Ack(Ack),
     /// Flush what came before and end (shutdown, once no handler runs any more).
     Close,
 }
@@ -77,12 +73,12 @@ impl AckSender {
     /// is the entry's `Acking` state, left once the ack was sent. False when the ack task is gone.
     pub(crate) async fn ack(&self, id: String, has_record: bool, token: Option<Token>) -> bool {
         self.unacked.count.fetch_add(1, Ordering::AcqRel);
-        let msg = Msg::Ack {
+        let ack = Ack {
             id,
             has_record,
             token,
         };
-        if self.tx.send(msg).await.is_err() {
+        if self.tx.send(Msg::Ack(ack)).await.is_err() {
             self.unacked.count.fetch_sub(1, Ordering::AcqRel);
             self.unacked.changed.notify_waiters();
             tracing::error!("ack channel closed; the entry will be redelivered");
@@ -97,24 +93,25 @@ impl AckSender {
     }
 }
 
+/// One queued acknowledgement.
 struct Ack {
     id: String,
+    /// Also delete the entry's attempt record.
     has_record: bool,
+    /// Its `Acking` state in the held table, left once the ack was sent.
     token: Option<Token>,
 }
 
-/// Starts the ack task for one lane. It ends at [`AckSender::close`] (or once every sender is
-/// dropped), after flushing what was queued before.
-#[allow(clippy::too_many_arguments)]
+/// Starts the ack task for lane `lane` (keys `keys`) of `group`. It ends at [`AckSender::close`]
+/// (or once every sender is dropped), after flushing what was queued before.
 pub(crate) fn spawn(
     client: Client,
-    lane: Lane,
+    group: &str,
+    (lane, keys): (Lane, &LaneKeys),
     held: Arc<HeldTable>,
-    key: String,
-    records: String,
-    group: String,
     unacked: Arc<Unacked>,
 ) -> (AckSender, JoinHandle<()>) {
+    let (key, records, group) = (keys.stream.clone(), keys.records.clone(), group.to_owned());
     let (tx, mut rx) = mpsc::channel::<Msg>(CAPACITY);
     let sender = AckSender {
         tx,
@@ -125,28 +122,12 @@ pub(crate) fn spawn(
         let mut open = true;
         while open {
             match rx.recv().await {
-                Some(Msg::Ack {
-                    id,
-                    has_record,
-                    token,
-                }) => batch.push(Ack {
-                    id,
-                    has_record,
-                    token,
-                }),
+                Some(Msg::Ack(ack)) => batch.push(ack),
                 Some(Msg::Close) | None => break,
             }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(Msg::Ack {
-                        id,
-                        has_record,
-                        token,
-                    }) => batch.push(Ack {
-                        id,
-                        has_record,
-                        token,
-                    }),
+                    Ok(Msg::Ack(ack)) => batch.push(ack),
                     Ok(Msg::Close) => {
                         open = false;
                         break;

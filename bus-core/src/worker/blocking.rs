@@ -188,12 +188,18 @@ impl<F: Future + Unpin> Future for Watched<'_, F> {
     }
 }
 
+/// How often the keeper looks for handlers stuck in one poll: often enough to report a stretch
+/// soon after it passes the threshold, never busier than every 10 ms.
+fn watch_interval(threshold: Duration) -> Duration {
+    (threshold / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
 /// Reports handlers stuck in one poll until the group stops (runs on the keeper's thread).
 pub(crate) async fn watch_loop(g: Arc<Group>, mut stop: tokio::sync::watch::Receiver<bool>) {
     if !g.blocking.enabled() {
         return;
     }
-    let every = super::keeper::watch_interval(Duration::from_micros(g.blocking.threshold_us));
+    let every = watch_interval(Duration::from_micros(g.blocking.threshold_us));
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => g.blocking.check(&g),

@@ -12,7 +12,6 @@
 //! over.
 
 use std::thread;
-use std::time::Duration;
 
 use fred::prelude::*;
 use tokio::sync::{mpsc, oneshot};
@@ -94,10 +93,4 @@ impl std::fmt::Debug for Keeper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keeper").finish_non_exhaustive()
     }
-}
-
-/// How often the keeper looks for handlers stuck in one poll: often enough to report a stretch
-/// soon after it passes the threshold, never busier than every 10 ms.
-pub(crate) fn watch_interval(threshold: Duration) -> Duration {
-    (threshold / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }

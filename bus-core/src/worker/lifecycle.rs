@@ -81,11 +81,9 @@ impl GroupRunner {
         for (i, lane) in keys.lanes.iter().enumerate() {
             let (a, task) = acker::spawn(
                 client.clone(),
-                i,
+                opts.get_group(),
+                (i, lane),
                 held.clone(),
-                lane.stream.clone(),
-                lane.records.clone(),
-                opts.get_group().to_owned(),
                 unacked.clone(),
             );
             acks.push(a);
