@@ -12,6 +12,7 @@ use fred::types::config::Config;
 use crate::codec::Codec;
 use crate::conn::{Conn, ConnInner};
 use crate::connect::{build_client, check_server, connect_error, redact, requests_tls};
+use crate::envelope::EnvelopeVersion;
 use crate::error::{Error, Result};
 use crate::names::{validate_name, StreamKeys};
 use crate::waiters::Waiters;
@@ -65,6 +66,7 @@ impl std::fmt::Debug for Bus {
 pub struct BusBuilder {
     prefix: String,
     codec: Codec,
+    envelope_version: EnvelopeVersion,
     max_payload: usize,
     header_limits: (usize, usize),
     connect_timeout: Duration,
@@ -78,6 +80,7 @@ impl Default for BusBuilder {
         Self {
             prefix: "bus".into(),
             codec: Codec::default(),
+            envelope_version: EnvelopeVersion::default(),
             max_payload: DEFAULT_MAX_PAYLOAD,
             header_limits: (DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES),
             connect_timeout: Duration::from_secs(5),
@@ -89,10 +92,19 @@ impl Default for BusBuilder {
 }
 
 impl BusBuilder {
-    /// The defaults: prefix `bus`, MessagePack, 1 MiB payload limit, 5 s connect timeout, 10 s
+    /// The defaults: prefix `bus`, MessagePack, envelope version 2, 1 MiB payload limit, 5 s connect timeout, 10 s
     /// command timeout.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The entry format publishes write (default [`EnvelopeVersion::V2`], two fields per
+    /// entry). Workers read every version whatever this says; see [`EnvelopeVersion`] for when
+    /// to write version 1 during a rolling upgrade.
+    #[must_use]
+    pub fn envelope_version(mut self, version: EnvelopeVersion) -> Self {
+        self.envelope_version = version;
+        self
     }
 
     /// Key prefix (default `bus`); checked with the name rules.
@@ -193,6 +205,7 @@ impl BusBuilder {
                 client,
                 prefix: self.prefix,
                 codec: self.codec,
+                envelope_version: self.envelope_version,
                 max_payload: self.max_payload,
                 header_limits: self.header_limits,
                 url: redacted,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use fred::prelude::Client;
 
 use crate::codec::Codec;
+use crate::envelope::EnvelopeVersion;
 use crate::names::StreamKeys;
 
 /// A cheap handle (one `Arc`) on the connection and its settings.
@@ -22,6 +23,8 @@ pub(crate) struct ConnInner {
     pub(crate) client: Client,
     pub(crate) prefix: String,
     pub(crate) codec: Codec,
+    /// The entry format publishes write.
+    pub(crate) envelope_version: EnvelopeVersion,
     pub(crate) max_payload: usize,
     /// Most headers and header bytes (names and values) per event.
     pub(crate) header_limits: (usize, usize),

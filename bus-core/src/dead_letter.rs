@@ -56,6 +56,7 @@ impl DeadLetter {
             event_type: None,
             fields: Vec::new(),
         };
+        let mut original = Vec::new();
         for (k, v) in e.fields.unwrap_or_default() {
             match k.as_ref() {
                 b"dl.group" if d.group.is_empty() => d.group = text(&v),
@@ -68,17 +69,14 @@ impl DeadLetter {
                 }
                 b"dl.consumer" if d.consumer.is_empty() => d.consumer = text(&v),
                 b"dl.truncated" | b"dl.missing" => {}
-                _ => {
-                    if k.as_ref() == envelope::F_ID.as_bytes() && d.event_id.is_none() {
-                        d.event_id = std::str::from_utf8(&v).ok().map(str::to_owned);
-                    }
-                    if k.as_ref() == envelope::F_TYPE.as_bytes() && d.event_type.is_none() {
-                        d.event_type = std::str::from_utf8(&v).ok().map(str::to_owned);
-                    }
-                    d.fields.push((k.to_vec(), v.to_vec()));
-                }
+                _ => original.push((k, v)),
             }
         }
+        (d.event_id, d.event_type) = envelope::identify(&original);
+        d.fields = original
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
         d
     }
 }
@@ -233,6 +231,7 @@ mod tests {
             Just(b"dl.error".to_vec()),
             Just(b"id".to_vec()),
             Just(b"type".to_vec()),
+            Just(b"e".to_vec()),
             proptest::collection::vec(any::<u8>(), 0..12),
         ]
     }

@@ -120,6 +120,7 @@ pub use codec::{Codec, MAX_PAYLOAD_DEPTH};
 pub use connect::redact_url;
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use delayed::Scheduled;
+pub use envelope::EnvelopeVersion;
 pub use error::{Action, BoxError, Error, HandlerError, RedisError, Result};
 pub use event::Event;
 pub use inspect::{GroupInfo, StreamInfo, STALE_AFTER};

@@ -189,12 +189,15 @@ impl Bus {
             });
         }
         let fields = envelope::encode(
-            &event_id,
-            E::NAME,
-            crate::time::now_ms(),
-            self.conn.codec,
-            payload,
-            &headers,
+            self.conn.envelope_version,
+            envelope::Parts {
+                event_id: &event_id,
+                event_type: E::NAME,
+                published_at_ms: crate::time::now_ms(),
+                codec: self.conn.codec,
+                payload,
+                headers: &headers,
+            },
         );
         Ok((event_id, fields))
     }

@@ -680,7 +680,13 @@ async fn headers_and_json_codec_round_trip() {
         entries[0].1.get("p").map(String::as_str),
         Some(r#"{"n":7}"#)
     );
-    assert_eq!(entries[0].1.get("id"), Some(&p.event_id));
+    // The envelope field: `2 <event id> <time> <codec> <type>`.
+    let meta = entries[0].1.get("e").expect("field e");
+    let parts: Vec<&str> = meta.splitn(5, ' ').collect();
+    assert_eq!(parts[0], "2");
+    assert_eq!(parts[1], p.event_id);
+    assert!(parts[2].parse::<u64>().is_ok(), "{meta}");
+    assert_eq!(&parts[3..], ["json", "OrderPlaced"]);
 }
 
 #[tokio::test]

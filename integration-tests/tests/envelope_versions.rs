@@ -1,0 +1,175 @@
+//! Entry formats against a real Redis: version 2 (the default) writes two fields, version 1 six,
+//! and one worker handles a stream holding both, as during a rolling upgrade; dead letters of
+//! either version name their event and replay.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bus_core::testing::RedisAccess;
+use bus_core::{
+    subscriber_fn, Bus, EnvelopeVersion, Event, HandlerError, PublishOptions, SubscriberOptions,
+};
+use fred::prelude::*;
+use fred::types::Value;
+use integration_tests::support::start_worker;
+use integration_tests::{eventually, Recorder, TestEnv};
+use serde::{Deserialize, Serialize};
+
+const T: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(stream = "orders")]
+struct OrderPlaced {
+    n: u64,
+}
+
+async fn bus_writing(env: &TestEnv, version: EnvelopeVersion) -> Bus {
+    Bus::builder()
+        .prefix(env.prefix.clone())
+        .envelope_version(version)
+        .connect(&env.url)
+        .await
+        .expect("connect")
+}
+
+/// The field names of every entry of the stream, by entry id.
+async fn field_names(bus: &Bus, stream: &str) -> Vec<Vec<String>> {
+    let key = bus.stream_key(stream).expect("key");
+    let entries: Vec<(String, HashMap<String, Value>)> = bus
+        .redis()
+        .xrange(&key, "-", "+", None)
+        .await
+        .expect("XRANGE");
+    // A map loses the order; sort so the comparison does not depend on it.
+    entries
+        .into_iter()
+        .map(|(_, f)| {
+            let mut names: Vec<String> = f.into_keys().collect();
+            names.sort();
+            names
+        })
+        .collect()
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_two_writes_two_fields_and_a_worker_reads_a_stream_holding_both_versions() {
+    let env = TestEnv::new("envmix").await;
+    let old = bus_writing(&env, EnvelopeVersion::V1).await;
+    let before_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+
+    // Interleaved, as when old and new publishers run side by side.
+    let mut expected = HashMap::new();
+    for n in 0..40u64 {
+        let bus = if n % 2 == 0 { &old } else { &env.bus };
+        let opts = PublishOptions::new().header("tenant", format!("t{n}"));
+        let p = bus
+            .publish_with(&OrderPlaced { n }, opts)
+            .await
+            .expect("publish");
+        expected.insert(n, p.event_id);
+    }
+    let names = field_names(&env.bus, "orders").await;
+    assert_eq!(names.len(), 40);
+    for (n, f) in names.iter().enumerate() {
+        let want = if n % 2 == 0 {
+            sorted(&["v", "id", "type", "ts", "ct", "p", "h:tenant"])
+        } else {
+            sorted(&["e", "p", "h:tenant"])
+        };
+        assert_eq!(f, &want, "entry {n}");
+    }
+
+    let rec = Recorder::new();
+    let rc = rec.clone();
+    let sub = subscriber_fn(SubscriberOptions::new("g"), move |e: OrderPlaced, ctx| {
+        let rc = rc.clone();
+        async move {
+            let at = ctx
+                .published_at()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            rc.record(format!(
+                "{} {} {} {} {}",
+                e.n,
+                ctx.event_id(),
+                ctx.event_type(),
+                ctx.header("tenant").unwrap_or("-"),
+                at >= before_ms
+            ));
+            Ok::<(), HandlerError>(())
+        }
+    });
+    let w = start_worker(&env.bus, sub).await;
+    rec.wait_for(T, "all 40 events", |s| s.len() == 40).await;
+    w.shutdown().await.expect("shutdown");
+    let seen = rec.snapshot();
+    for (n, event_id) in expected {
+        let line = format!("{n} {event_id} OrderPlaced t{n} true");
+        assert_eq!(seen.get(&line), Some(&1), "missing or repeated: {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_either_version_name_their_event_and_replay_into_the_group() {
+    let env = TestEnv::new("envdlq").await;
+    let old = bus_writing(&env, EnvelopeVersion::V1).await;
+    let rejecting = Arc::new(AtomicBool::new(true));
+    let rec = Recorder::new();
+    let (rc, rj) = (rec.clone(), rejecting.clone());
+    let sub = subscriber_fn(SubscriberOptions::new("g"), move |e: OrderPlaced, _ctx| {
+        let (rc, rj) = (rc.clone(), rj.clone());
+        async move {
+            if rj.load(Ordering::SeqCst) {
+                return Err(HandlerError::reject("not yet"));
+            }
+            rc.record(e.n.to_string());
+            Ok(())
+        }
+    });
+    let w = start_worker(&env.bus, sub).await;
+    let v1 = old.publish(&OrderPlaced { n: 1 }).await.expect("publish");
+    let v2 = env
+        .bus
+        .publish(&OrderPlaced { n: 2 })
+        .await
+        .expect("publish");
+    let dlq = env.bus.dead_letters("orders", "g").expect("dlq");
+    eventually(T, "both events dead-lettered", || async {
+        dlq.count().await.expect("count") == 2
+    })
+    .await;
+    let mut listed: Vec<(Option<String>, Option<String>)> = dlq
+        .list(10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|d| (d.event_id, d.event_type))
+        .collect();
+    listed.sort();
+    let mut want = vec![
+        (Some(v1.event_id), Some("OrderPlaced".to_owned())),
+        (Some(v2.event_id), Some("OrderPlaced".to_owned())),
+    ];
+    want.sort();
+    assert_eq!(listed, want);
+
+    rejecting.store(false, Ordering::SeqCst);
+    assert_eq!(dlq.replay_all().await.expect("replay"), 2);
+    rec.wait_for(T, "both replayed events handled", |s| {
+        s.get("1") == Some(&1) && s.get("2") == Some(&1)
+    })
+    .await;
+    w.shutdown().await.expect("shutdown");
+}
