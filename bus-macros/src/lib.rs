@@ -107,8 +107,8 @@ use proc_macro::TokenStream;
 /// let options = send_receipt::subscriber().options();
 /// assert!(options.get_track_status());
 /// assert_eq!(options.get_status_ttl().0, Duration::from_secs(3600));
-/// assert_eq!(options.get_prefetch(), 64);
-/// assert_eq!(options.get_max_held(), 100);
+/// assert_eq!(options.get_prefetch(), Some(64));
+/// assert_eq!(options.get_max_held(), Some(100));
 /// assert_eq!(options.get_handler_timeout(), Some(Duration::from_secs(30)));
 /// assert_eq!(options.get_unknown_types(), UnknownTypes::DeadLetter);
 /// ```

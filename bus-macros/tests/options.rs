@@ -76,10 +76,10 @@ fn every_option_carries_its_value() {
         o.get_status_ttl(),
         (Duration::from_secs(3600), Duration::from_secs(2 * 86_400))
     );
-    assert_eq!(o.get_prefetch(), 64);
+    assert_eq!(o.get_prefetch(), Some(64));
     assert_eq!(o.get_handler_timeout(), Some(Duration::from_secs(10)));
     assert_eq!(o.get_unknown_types(), UnknownTypes::DeadLetter);
-    assert_eq!(o.get_max_held(), 100);
+    assert_eq!(o.get_max_held(), Some(100));
     assert_eq!(o.get_max_entry_bytes(), 4_194_304);
     assert_eq!(o.get_max_dead_letters(), 0);
     assert_eq!(o.get_max_result_bytes(), 1024);

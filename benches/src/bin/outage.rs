@@ -469,7 +469,10 @@ async fn measure(
     let n = args.events;
     report.events = n;
     report.concurrency = args.concurrency;
-    report.max_held_option = options(args.concurrency).get_max_held();
+    // The default bound while every attempt fails: 2 × concurrency (no read-ahead then).
+    report.max_held_option = options(args.concurrency)
+        .get_max_held()
+        .unwrap_or(2 * args.concurrency);
     report.outage_secs = args.outage_secs;
     report.sample_ms = args.sample_ms;
     report.redis_version = redis_version(client).await;

@@ -78,6 +78,17 @@ pub(crate) struct RawEntry {
     pub(crate) fields: Option<Vec<(Bytes, Bytes)>>,
 }
 
+impl RawEntry {
+    /// Bytes of all field names and values.
+    pub(crate) fn size(&self) -> usize {
+        self.fields
+            .iter()
+            .flatten()
+            .map(|(k, v)| k.len() + v.len())
+            .sum()
+    }
+}
+
 /// A decoded envelope: everything but the typed payload.
 #[derive(Debug, Clone)]
 pub(crate) struct Envelope {

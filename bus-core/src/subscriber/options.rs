@@ -59,7 +59,7 @@ pub struct SubscriberOptions {
     block: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
-    prefetch: usize,
+    prefetch: Option<usize>,
     track_status: bool,
     status_ttl: Duration,
     status_safety_ttl: Duration,
@@ -85,7 +85,7 @@ impl SubscriberOptions {
             block: Duration::from_secs(2),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
-            prefetch: 0,
+            prefetch: None,
             track_status: false,
             status_ttl: Duration::from_secs(24 * 3600),
             status_safety_ttl: Duration::from_secs(7 * 24 * 3600),
@@ -205,14 +205,22 @@ impl SubscriberOptions {
         self.backoff_max
     }
 
-    /// How many entries a worker may read beyond its free handler slots (default 0: it reads
-    /// only what it can run at once). Read-ahead entries wait in the worker for a slot,
-    /// leases renewed, so they are not reclaimed; larger reads cut round trips for fast handlers
-    /// (see BENCHMARKS.md), but read-ahead entries are not available to other workers of the pool
-    /// meanwhile, so keep it 0 for slow handlers.
+    /// A fixed number of entries a worker reads beyond its free handler slots, instead of the
+    /// adaptive default.
+    ///
+    /// By default a worker measures how long an attempt holds its slot and how long a read
+    /// takes, and reads ahead as many entries as it will start within about two read round
+    /// trips: up to 256 for fast handlers, where it saves most round trips, and none or one for
+    /// handlers of tens of milliseconds, which keep strict back-pressure. It never reads ahead
+    /// more than about 50 ms of work or 8 MiB of entries, and not at all while more than one
+    /// attempt in ten fails. Read-ahead entries wait in the worker for a slot, leases renewed,
+    /// and are invisible to the other workers of the pool meanwhile.
+    ///
+    /// `prefetch(0)` reads only what the free slots can run at once (strict back-pressure: an
+    /// entry is read only when a slot can take it).
     #[must_use]
     pub fn prefetch(mut self, n: usize) -> Self {
-        self.prefetch = n;
+        self.prefetch = Some(n);
         self
     }
 
@@ -279,7 +287,9 @@ impl SubscriberOptions {
     }
 
     /// Most entries one worker holds for this group at once: running, waiting for a slot, and
-    /// waiting for a retry (default `2 × concurrency + prefetch`). When every handler fails (a
+    /// waiting for a retry (default `2 × concurrency` plus the read-ahead: the fixed
+    /// [`prefetch`](Self::prefetch), or the adaptive allowance of the moment). When every handler
+    /// fails (a
     /// downstream outage), failed entries wait for their retries inside the worker; this bound
     /// keeps the rest of the backlog in the stream, where other workers can take it, and keeps
     /// the worker's memory and lease renewals bounded.
@@ -333,15 +343,21 @@ impl SubscriberOptions {
         self.max_entry_bytes
     }
 
-    /// The bound on held entries.
-    pub fn get_max_held(&self) -> usize {
+    /// The bound on held entries set with [`max_held`](Self::max_held), or `None` for the
+    /// default.
+    pub fn get_max_held(&self) -> Option<usize> {
         self.max_held
-            .unwrap_or(2 * self.concurrency + self.prefetch)
+    }
+
+    /// The bound on held entries while the adaptive read-ahead allows `ahead` entries.
+    pub(crate) fn held_bound(&self, ahead: usize) -> usize {
+        self.max_held
+            .unwrap_or(2 * self.concurrency + self.prefetch.unwrap_or(ahead))
             .max(1)
     }
 
-    /// The read-ahead allowance.
-    pub fn get_prefetch(&self) -> usize {
+    /// The fixed read-ahead, or `None` for the adaptive default.
+    pub fn get_prefetch(&self) -> Option<usize> {
         self.prefetch
     }
 

@@ -74,13 +74,16 @@ pub(crate) async fn run_attempt(g: &Arc<Group>, d: Delivery, task: usize) -> Slo
         has_record,
         slot,
     } = d;
+    let started = Instant::now();
     let (outcome, meta) = attempt_outcome(g, &id, fields, attempt, task).await;
     if outcome == Outcome::Ack && !g.opts().get_track_status() {
         // The common case, kept free of allocations: acknowledge and let go.
         g.metrics.handled.increment(1);
         g.ack(lane, id, token, has_record).await;
+        g.pace.attempt(started.elapsed(), true);
         return slot;
     }
+    let ok = matches!(outcome, Outcome::Ack | Outcome::Skip(_));
     let span = meta.span.clone().unwrap_or_else(tracing::Span::none);
     let settled = Settle {
         lane,
@@ -93,6 +96,7 @@ pub(crate) async fn run_attempt(g: &Arc<Group>, d: Delivery, task: usize) -> Slo
     Box::pin(settled.apply(g, outcome, meta))
         .instrument(span)
         .await;
+    g.pace.attempt(started.elapsed(), ok);
     slot
 }
 

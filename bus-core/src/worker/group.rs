@@ -14,6 +14,7 @@ use super::blocking::BlockingWatch;
 use super::gate::SoloGate;
 use super::handlers::HandlerSet;
 use super::keeper::Keeper;
+use super::pace::Pace;
 use super::pool::Pool;
 use super::state::{HeldTable, Lane, Phase, Token};
 use super::WorkerSettings;
@@ -86,6 +87,8 @@ pub(crate) struct Group {
     pub(crate) keeper: Keeper,
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) metrics: SubscriberMetrics,
+    /// Measured slot and read times, for the adaptive read-ahead.
+    pub(crate) pace: Pace,
     /// When an unknown event type was last logged, per type (the log is rate-limited).
     unknown_logged: Mutex<HashMap<String, Instant>>,
 }
@@ -130,6 +133,7 @@ impl Group {
             stop,
             keys,
             handlers,
+            pace: Pace::default(),
             unknown_logged: Mutex::new(HashMap::new()),
         }
     }
@@ -166,7 +170,15 @@ impl Group {
     /// for their ack do not count.
     pub(crate) fn room(&self) -> usize {
         let held = self.held.len().saturating_sub(self.unacked.count());
-        self.opts().get_max_held().saturating_sub(held)
+        self.opts().held_bound(self.ahead()).saturating_sub(held)
+    }
+
+    /// How many entries to read beyond the free slots: the fixed
+    /// [`SubscriberOptions::prefetch`], or what the measured pace allows.
+    pub(crate) fn ahead(&self) -> usize {
+        let opts = self.opts();
+        opts.get_prefetch()
+            .unwrap_or_else(|| self.pace.ahead(opts.get_concurrency()))
     }
 
     /// Settles a handled entry: moves it from state `token` to `Acking` and queues its

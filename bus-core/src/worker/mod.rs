@@ -31,6 +31,7 @@ mod keeper;
 mod lease;
 mod lifecycle;
 mod outcome;
+mod pace;
 mod pool;
 mod read;
 mod reclaim;

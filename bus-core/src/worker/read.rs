@@ -8,9 +8,10 @@
 //! loop takes this consumer's unheld pending entries as never started: their first attempt is not
 //! burnt.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use fred::types::Value;
@@ -18,7 +19,7 @@ use fred::types::Value;
 use super::attempt::{Delivery, Slot};
 use super::group::{sleep_unless_stopped, Group};
 use super::pool::Pool;
-use super::state::{Lane, Phase};
+use super::state::{Lane, Phase, Token};
 use super::take;
 use crate::envelope::RawEntry;
 use crate::error::Result;
@@ -66,41 +67,45 @@ impl Reader {
         let concurrency = g.opts().get_concurrency();
         let mut stop = g.stop.clone();
         let mut backoff = Duration::from_millis(100);
+        // Entries read and held, waiting for a slot, in the order read.
+        let mut queue = VecDeque::new();
         while !g.stopped() {
-            // Room in the held table: failed entries waiting for their retries count, so a
-            // downstream outage leaves the backlog in the stream instead of in this process.
-            if g.room() == 0 {
-                tokio::select! {
-                    () = g.held.wait_for_room(|| g.room() > 0) => {}
-                    _ = stop.wait_for(|s| *s) => break,
+            let ahead = g.ahead();
+            // Read again once the queue is down to half the read-ahead (with none, once it is
+            // empty): the read's round trip then overlaps the queued entries' work.
+            if queue.len() > ahead / 2 || g.room() == 0 {
+                if queue.is_empty() {
+                    // Room in the held table: failed entries waiting for their retries count,
+                    // so a downstream outage leaves the backlog in the stream instead of in this
+                    // process.
+                    tokio::select! {
+                        () = g.held.wait_for_room(|| g.room() > 0) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                } else if !start_next(&g, &mut queue, &mut stop).await {
+                    break;
                 }
                 continue;
             }
-            // Back-pressure: read only as many entries as there are free slots. The slots are not
-            // held during the blocking read, so retries and reclaimed entries can use them
-            // meanwhile; each entry read then waits for its slot.
-            let first = tokio::select! {
-                p = g.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = stop.wait_for(|s| *s) => break,
+            let free = if queue.is_empty() {
+                // Back-pressure: read only as many entries as there are free slots (plus the
+                // read-ahead). The slots are not held during the blocking read, so retries and
+                // reclaimed entries can use them meanwhile; each entry read then waits for its
+                // slot.
+                let first = tokio::select! {
+                    p = g.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                    _ = stop.wait_for(|s| *s) => break,
+                };
+                let free = coalesce(&g, concurrency).await;
+                drop(first);
+                free
+            } else {
+                g.slots.available_permits()
             };
-            // Fast handlers free their slots within microseconds of each other: give the ones
-            // already running a moment to finish so the read is not split into many small ones.
-            let mut free = g.slots.available_permits();
-            for _ in 0..COALESCE_YIELDS {
-                if free + 1 >= concurrency {
-                    break;
-                }
-                tokio::task::yield_now().await;
-                let now = g.slots.available_permits();
-                if now == free {
-                    break;
-                }
-                free = now;
-            }
-            let want = (1 + free + g.opts().get_prefetch())
+            let want = (1 + free + ahead)
+                .saturating_sub(queue.len())
                 .min(MAX_READ.max(concurrency))
                 .min(g.room().max(1));
-            drop(first);
             // While a suspect waits to run alone, what is read would only wait behind it.
             tokio::select! {
                 () = g.gate.wait_open() => {}
@@ -109,10 +114,27 @@ impl Reader {
             if g.stopped() {
                 break;
             }
-            match self.read(want).await {
+            // Queued entries keep starting while the read is out.
+            let read = {
+                let read = self.read(want);
+                tokio::pin!(read);
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut read => break Some(r),
+                        started = start_next(&g, &mut queue, &mut stop), if !queue.is_empty() => {
+                            if !started {
+                                break None;
+                            }
+                        }
+                    }
+                }
+            };
+            let Some(read) = read else { break };
+            match read {
                 Ok(entries) => {
                     backoff = Duration::from_millis(100);
-                    self.start(entries).await;
+                    self.hold(entries, &mut queue).await;
                 }
                 Err(e) if e.is_nogroup() => {
                     tracing::error!(
@@ -139,62 +161,30 @@ impl Reader {
                     }
                 }
             }
+            // Start what the free slots can take before deciding on the next read.
+            while !queue.is_empty() && g.slots.available_permits() > 0 {
+                if !start_next(&g, &mut queue, &mut stop).await {
+                    break;
+                }
+            }
         }
         self.reading.store(false, Ordering::Release);
         let _ = self.client.quit().await;
     }
 
-    /// Holds the entries read (lease-renewed from now on, even while waiting for a slot), then
-    /// starts each one when a slot is free. Shutdown does not wait for a slot behind a hung
-    /// handler: entries not started stay held and are released for immediate reclaim. A free
-    /// slot wins over a stop already signalled, so what was read is handled if it can be.
-    async fn start(&mut self, entries: Vec<(Lane, RawEntry)>) {
+    /// Holds the entries read (lease-renewed from now on, even while waiting for a slot) and
+    /// queues them to start. Shutdown does not wait for a slot behind a hung handler: entries not
+    /// started stay held and are released for immediate reclaim.
+    async fn hold(&mut self, entries: Vec<(Lane, RawEntry)>, queue: &mut VecDeque<Queued>) {
         let g = &self.g;
-        let mut stop = g.stop.clone();
-        let queued: Vec<_> = entries
-            .into_iter()
-            .filter_map(|(lane, e)| {
-                let token = g.held.insert(lane, &e.id, Phase::Queued)?;
-                Some((lane, e, token))
-            })
-            .collect();
+        queue.extend(entries.into_iter().filter_map(|(lane, e)| {
+            let token = g.held.insert(lane, &e.id, Phase::Queued)?;
+            Some((lane, e, token))
+        }));
         if self.orphans_suspected {
             // This read answered, so the one that failed is over on this connection.
             self.orphans_suspected = false;
             take_orphans(g).await;
-        }
-        for (lane, entry, token) in queued {
-            let permit = tokio::select! {
-                biased;
-                p = g.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            let turn = tokio::select! {
-                biased;
-                t = g.gate.shared() => t,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            let running = Phase::Running {
-                attempt: 1,
-                delivery: 1,
-            };
-            // A fresh delivery through `>` is always attempt 1.
-            let Some(token) = g.held.advance(lane, &entry.id, token, running) else {
-                continue;
-            };
-            Pool::run(
-                g,
-                Delivery {
-                    lane,
-                    id: entry.id,
-                    fields: entry.fields,
-                    attempt: 1,
-                    delivery: 1,
-                    token,
-                    has_record: false,
-                    slot: Slot { permit, turn },
-                },
-            );
         }
     }
 
@@ -209,6 +199,7 @@ impl Reader {
         let g = self.g.clone();
         let keys: Vec<String> = g.keys.lanes.iter().map(|l| l.stream.clone()).collect();
         let reader = self.client.with_options(&self.read_options);
+        let sent = Instant::now();
         let reply: Value = if self.strict {
             redis::eval(
                 redis::lane_read_script(),
@@ -225,6 +216,8 @@ impl Reader {
             redis::read_new(&reader, keys.clone(), g.group(), &g.consumer, count, None).await?
         };
         let mut entries = self.by_lane(reply);
+        let bytes = entries.iter().map(|(_, e)| e.size()).sum();
+        g.pace.read(sent.elapsed(), entries.len(), bytes);
         let lanes_hit = entries
             .iter()
             .fold(0u8, |mask, (l, _)| mask | (1 << l))
@@ -252,6 +245,73 @@ impl Reader {
         out.sort_by_key(|(lane, _)| *lane);
         out
     }
+}
+
+/// An entry read and held, waiting for a slot.
+type Queued = (Lane, RawEntry, Token);
+
+/// Fast handlers free their slots within microseconds of each other: gives the ones already
+/// running a moment to finish so a read is not split into many small ones. Returns the free
+/// slots beside the one the caller holds.
+async fn coalesce(g: &Group, concurrency: usize) -> usize {
+    let mut free = g.slots.available_permits();
+    for _ in 0..COALESCE_YIELDS {
+        if free + 1 >= concurrency {
+            break;
+        }
+        tokio::task::yield_now().await;
+        let now = g.slots.available_permits();
+        if now == free {
+            break;
+        }
+        free = now;
+    }
+    free
+}
+
+/// Starts the first queued entry once a slot (and a turn at the gate) is free; `false` once the
+/// worker stops. Cancel-safe: the entry leaves the queue only when it starts. A free slot wins
+/// over a stop already signalled, so what was read is handled if it can be.
+async fn start_next(
+    g: &Arc<Group>,
+    queue: &mut VecDeque<Queued>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let permit = tokio::select! {
+        biased;
+        p = g.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
+        _ = stop.wait_for(|s| *s) => return false,
+    };
+    let turn = tokio::select! {
+        biased;
+        t = g.gate.shared() => t,
+        _ = stop.wait_for(|s| *s) => return false,
+    };
+    let Some((lane, entry, token)) = queue.pop_front() else {
+        return true;
+    };
+    // A fresh delivery through `>` is always attempt 1.
+    let running = Phase::Running {
+        attempt: 1,
+        delivery: 1,
+    };
+    let Some(token) = g.held.advance(lane, &entry.id, token, running) else {
+        return true;
+    };
+    Pool::run(
+        g,
+        Delivery {
+            lane,
+            id: entry.id,
+            fields: entry.fields,
+            attempt: 1,
+            delivery: 1,
+            token,
+            has_record: false,
+            slot: Slot { permit, turn },
+        },
+    );
+    true
 }
 
 async fn pause(stop: &mut tokio::sync::watch::Receiver<bool>, backoff: &mut Duration) {
