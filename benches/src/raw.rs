@@ -1,6 +1,6 @@
 //! Raw ceilings: the fastest hand-written fred loops for the same work the bus does, writing the
-//! same entries (the bus's default envelope, version 2: the field `e` with the event id, time,
-//! codec and type, and `p` with a MessagePack payload of the same [`Load`] event), so the ratios
+//! same entries (the bus's default envelope, version 2: one field `e` with the line of event id,
+//! time, codec and type, then the MessagePack payload of the same [`Load`] event), so the ratios
 //! measure the library's own overhead; and the same loops with a minimal one-field entry
 //! ([`minimal_entry_fields`]), the physical limit any entry format is measured against.
 
@@ -23,11 +23,10 @@ pub fn entry_fields(seq: u64) -> BoxResult<Vec<(&'static str, Value)>> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let meta = format!("2 {} {ts} msgpack {}", uuid::Uuid::now_v7(), Load::NAME);
-    Ok(vec![
-        ("e", Value::from(meta)),
-        ("p", Value::Bytes(payload.into())),
-    ])
+    let mut value =
+        format!("2 {} {ts} msgpack {}\n", uuid::Uuid::now_v7(), Load::NAME).into_bytes();
+    value.extend_from_slice(&payload);
+    Ok(vec![("e", Value::Bytes(value.into()))])
 }
 
 /// The smallest entry that carries the same event: one field, the MessagePack payload alone. The
@@ -94,6 +93,16 @@ pub async fn xadd_concurrent(
         .await
 }
 
+/// XADDs `0..n` one at a time, each awaited before the next (the raw twin of awaiting `publish`).
+pub async fn xadd_sequential(client: &Client, key: &str, n: u64) -> BoxResult<()> {
+    for seq in 0..n {
+        let _: Value = client
+            .xadd(key, false, None, "*", entry_fields(seq)?)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Creates `group` on `key` (and the stream), starting at `start`; an existing group is fine.
 pub async fn ensure_group(client: &Client, key: &str, group: &str, start: &str) -> BoxResult<()> {
     match client
@@ -106,8 +115,9 @@ pub async fn ensure_group(client: &Client, key: &str, group: &str, start: &str) 
     }
 }
 
-/// The entries of an `XREADGROUP` reply on one stream (RESP2 shape), as (entry id, payload field
-/// `p`). A nil reply (BLOCK timed out) is no entries.
+/// The entries of an `XREADGROUP` reply on one stream (RESP2 shape), as (entry id, payload): the
+/// field `p` of a minimal entry, or what follows the envelope line in the field `e` of a version 2
+/// entry. A nil reply (BLOCK timed out) is no entries.
 pub fn parse_read(reply: Value) -> Vec<(Str, Option<Bytes>)> {
     let mut out = Vec::new();
     let Value::Array(streams) = reply else {
@@ -136,10 +146,17 @@ pub fn parse_read(reply: Value) -> Vec<(Str, Option<Bytes>)> {
             if let Some(Value::Array(flat)) = fields {
                 let mut it = flat.into_iter();
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    if k.as_bytes() == Some(b"p") {
-                        payload = v.into_bytes();
-                        break;
+                    match k.as_bytes() {
+                        Some(b"p") => payload = v.into_bytes(),
+                        Some(b"e") => {
+                            payload = v.into_bytes().and_then(|e| {
+                                let nl = e.iter().position(|b| *b == b'\n')?;
+                                Some(e.slice(nl + 1..))
+                            })
+                        }
+                        _ => continue,
                     }
+                    break;
                 }
             }
             out.push((id, payload));

@@ -98,7 +98,7 @@ impl BusBuilder {
         Self::default()
     }
 
-    /// The entry format publishes write (default [`EnvelopeVersion::V2`], two fields per
+    /// The entry format publishes write (default [`EnvelopeVersion::V2`], one field per
     /// entry). Workers read every version whatever this says; see [`EnvelopeVersion`] for when
     /// to write version 1 during a rolling upgrade.
     #[must_use]

@@ -1,4 +1,4 @@
-//! Entry formats against a real Redis: version 2 (the default) writes two fields, version 1 six,
+//! Entry formats against a real Redis: version 2 (the default) writes one field, version 1 six,
 //! and one worker handles a stream holding both, as during a rolling upgrade; dead letters of
 //! either version name their event and replay.
 
@@ -60,7 +60,7 @@ fn sorted(names: &[&str]) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn version_two_writes_two_fields_and_a_worker_reads_a_stream_holding_both_versions() {
+async fn version_two_writes_one_field_and_a_worker_reads_a_stream_holding_both_versions() {
     let env = TestEnv::new("envmix").await;
     let old = bus_writing(&env, EnvelopeVersion::V1).await;
     let before_ms = SystemTime::now()
@@ -85,7 +85,7 @@ async fn version_two_writes_two_fields_and_a_worker_reads_a_stream_holding_both_
         let want = if n % 2 == 0 {
             sorted(&["v", "id", "type", "ts", "ct", "p", "h:tenant"])
         } else {
-            sorted(&["e", "p", "h:tenant"])
+            sorted(&["e", "h:tenant"])
         };
         assert_eq!(f, &want, "entry {n}");
     }

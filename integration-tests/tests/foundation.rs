@@ -676,16 +676,14 @@ async fn headers_and_json_codec_round_trip() {
         .xrange(key.as_str(), "-", "+", None)
         .await
         .expect("XRANGE");
-    assert_eq!(
-        entries[0].1.get("p").map(String::as_str),
-        Some(r#"{"n":7}"#)
-    );
-    // The envelope field: `2 <event id> <time> <codec> <type>`.
-    let meta = entries[0].1.get("e").expect("field e");
-    let parts: Vec<&str> = meta.splitn(5, ' ').collect();
+    // The entry's one field: the line `2 <event id> <time> <codec> <type>`, then the payload.
+    let value = entries[0].1.get("e").expect("field e");
+    let (line, payload) = value.split_once('\n').expect("a line feed");
+    assert_eq!(payload, r#"{"n":7}"#);
+    let parts: Vec<&str> = line.splitn(5, ' ').collect();
     assert_eq!(parts[0], "2");
     assert_eq!(parts[1], p.event_id);
-    assert!(parts[2].parse::<u64>().is_ok(), "{meta}");
+    assert!(parts[2].parse::<u64>().is_ok(), "{line}");
     assert_eq!(&parts[3..], ["json", "OrderPlaced"]);
 }
 

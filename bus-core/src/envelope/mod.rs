@@ -4,13 +4,11 @@
 //! ([`BusBuilder::envelope_version`](crate::BusBuilder::envelope_version)); readers decode both,
 //! so a stream may hold a mix of them during a rolling upgrade.
 //!
-//! **Version 2** (compact): two fields, so Redis parses and stores two values per entry instead
-//! of six.
+//! **Version 2** (compact): one field, so Redis parses, stores and returns one value per entry.
 //!
 //! | field | value |
 //! |---|---|
-//! | `e` | `2 <event id> <publish time, Unix ms> <codec> <type name>`, single spaces; the type name is everything after the fourth space |
-//! | `p` | the payload |
+//! | `e` | the line `2 <event id> <publish time, Unix ms> <codec> <type name>` (single spaces; the type name is everything after the fourth space), a line feed (`\n`), then the payload bytes |
 //!
 //! **Version 1**: one field per part.
 //!
@@ -45,7 +43,6 @@ use fred::types::{Key, Value};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 
-pub(crate) const F_PAYLOAD: &str = "p";
 pub(crate) const HEADER_PREFIX: &str = "h:";
 pub(crate) const F_TO: &str = "to";
 
@@ -65,7 +62,7 @@ pub(crate) const F_TO: &str = "to";
 pub enum EnvelopeVersion {
     /// Six fields: `v id type ts ct p`.
     V1,
-    /// Two fields: `e` (version, id, time, codec, type) and `p` (payload).
+    /// One field `e`: a line with the version, id, time, codec and type, then the payload.
     #[default]
     V2,
 }
@@ -110,17 +107,16 @@ pub(crate) struct Parts<'a> {
     pub(crate) headers: &'a [(String, String)],
 }
 
-/// Builds the field list of a new entry in the given version.
+/// Builds the field list of a new entry in the given version. A type name with a line feed
+/// cannot end version 2's envelope line, so such an event is written as version 1 (which every
+/// reader reads too).
 pub(crate) fn encode(version: EnvelopeVersion, parts: Parts<'_>) -> Vec<(Key, Value)> {
+    let headers = parts.headers;
     let mut fields = match version {
-        EnvelopeVersion::V1 => v1::encode(&parts, parts.headers.len()),
-        EnvelopeVersion::V2 => v2::encode(&parts, parts.headers.len()),
+        EnvelopeVersion::V2 if !parts.event_type.contains('\n') => v2::encode(parts),
+        _ => v1::encode(parts),
     };
-    fields.push((
-        Key::from_static_str(F_PAYLOAD),
-        Value::Bytes(parts.payload.into()),
-    ));
-    for (k, v) in parts.headers {
+    for (k, v) in headers {
         fields.push((
             Key::from(format!("{HEADER_PREFIX}{k}")),
             Value::from(v.as_str()),
@@ -141,8 +137,8 @@ pub(crate) fn addressed_to(fields: &[(Bytes, Bytes)]) -> Option<&[u8]> {
 /// The event id and type of an entry, as far as they can be read (for listings of dead letters,
 /// which keep entries that may not decode).
 pub(crate) fn identify(fields: &[(Bytes, Bytes)]) -> (Option<String>, Option<String>) {
-    match v2::meta_field(fields) {
-        Some(meta) => v2::identify(meta),
+    match v2::entry_field(fields) {
+        Some(value) => v2::identify(value),
         None => v1::identify(fields),
     }
 }
@@ -150,38 +146,35 @@ pub(crate) fn identify(fields: &[(Bytes, Bytes)]) -> (Option<String>, Option<Str
 /// Decodes the envelope of an entry of any version. Never panics: anything unexpected is an
 /// [`Error::Decode`] naming what is wrong.
 pub(crate) fn decode(fields: &[(Bytes, Bytes)]) -> Result<Envelope> {
-    let mut payload = None;
     let mut headers = Vec::new();
     for (k, v) in fields {
-        if k.as_ref() == F_PAYLOAD.as_bytes() {
-            payload = Some(v);
-        } else if let Some(name) = k.as_ref().strip_prefix(HEADER_PREFIX.as_bytes()) {
+        if let Some(name) = k.as_ref().strip_prefix(HEADER_PREFIX.as_bytes()) {
             if let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(v)) {
                 headers.push((name.to_owned(), value.to_owned()));
             }
         }
     }
-    let meta = match v2::meta_field(fields) {
-        Some(meta) => v2::decode(meta)?,
+    let meta = match v2::entry_field(fields) {
+        Some(value) => v2::decode(value)?,
         None => v1::decode(fields)?,
     };
-    let payload = payload.ok_or_else(|| missing(F_PAYLOAD))?.clone();
     Ok(Envelope {
         event_id: meta.event_id,
         event_type: meta.event_type,
         published_at_ms: meta.published_at_ms,
         codec: meta.codec,
-        payload,
+        payload: meta.payload,
         headers,
     })
 }
 
-/// The parts of an envelope besides the payload and headers, as each version decodes them.
+/// The parts of an envelope besides the headers, as each version decodes them.
 struct Meta {
     event_id: String,
     event_type: String,
     published_at_ms: u64,
     codec: Codec,
+    payload: Bytes,
 }
 
 fn missing(field: &str) -> Error {

@@ -48,24 +48,24 @@ fn both_versions_round_trip() {
     }
 }
 
+fn names(fields: &[(Key, Value)]) -> Vec<String> {
+    fields
+        .iter()
+        .map(|(k, _)| k.as_str_lossy().into_owned())
+        .collect()
+}
+
 #[test]
-fn version_two_is_two_fields_and_version_one_six() {
-    let names = |version| -> Vec<String> {
-        encode(version, parts(&[]))
-            .into_iter()
-            .map(|(k, _)| k.as_str_lossy().into_owned())
-            .collect()
-    };
-    assert_eq!(names(EnvelopeVersion::V2), ["e", "p"]);
-    assert_eq!(
-        names(EnvelopeVersion::V1),
-        ["v", "id", "type", "ts", "ct", "p"]
-    );
+fn version_two_is_one_field_and_version_one_six() {
+    let v2 = encode(EnvelopeVersion::V2, parts(&[]));
+    assert_eq!(names(&v2), ["e"]);
+    let v1 = encode(EnvelopeVersion::V1, parts(&[]));
+    assert_eq!(names(&v1), ["v", "id", "type", "ts", "ct", "p"]);
     assert_eq!(EnvelopeVersion::default(), EnvelopeVersion::V2);
-    let fields = as_bytes(encode(EnvelopeVersion::V2, parts(&[])));
+    let fields = as_bytes(v2);
     assert_eq!(
         &fields[0].1[..],
-        b"2 0192f3a4-5b6c-7d8e-9f01-23456789abcd 42 json OrderPlaced"
+        b"2 0192f3a4-5b6c-7d8e-9f01-23456789abcd 42 json OrderPlaced\n{}"
     );
 }
 
@@ -75,6 +75,26 @@ fn a_type_name_may_contain_spaces_in_version_two() {
     p.event_type = "Order Placed v2";
     let env = decode(&as_bytes(encode(EnvelopeVersion::V2, p))).expect("decode");
     assert_eq!(env.event_type, "Order Placed v2");
+}
+
+#[test]
+fn a_type_name_with_a_line_feed_is_written_as_version_one() {
+    let mut p = parts(&[]);
+    p.event_type = "Order\nPlaced";
+    let fields = encode(EnvelopeVersion::V2, p);
+    assert_eq!(names(&fields)[0], "v");
+    let env = decode(&as_bytes(fields)).expect("decode");
+    assert_eq!(env.event_type, "Order\nPlaced");
+}
+
+#[test]
+fn payloads_may_hold_line_feeds_and_be_empty() {
+    for payload in [b"a\nb\n".to_vec(), Vec::new(), vec![b'\n'; 3]] {
+        let mut p = parts(&[]);
+        p.payload = payload.clone();
+        let env = decode(&as_bytes(encode(EnvelopeVersion::V2, p))).expect("decode");
+        assert_eq!(&env.payload[..], &payload[..]);
+    }
 }
 
 mod hostile {
@@ -103,11 +123,13 @@ mod hostile {
             Just(b"1".to_vec()),
             Just(b"msgpack".to_vec()),
             Just(b"json".to_vec()),
+            Just(b"2 id 1 msgpack T\n\x80".to_vec()),
             Just(b"2 id 1 msgpack T".to_vec()),
-            Just(b"2 id x json T".to_vec()),
-            Just(b"2 id 1 json".to_vec()),
-            Just(b"3 id 1 json T".to_vec()),
-            Just(b"2  1 json T".to_vec()),
+            Just(b"2 id x json T\n{}".to_vec()),
+            Just(b"2 id 1 json\n{}".to_vec()),
+            Just(b"3 id 1 json T\n{}".to_vec()),
+            Just(b"2  1 json T\n{}".to_vec()),
+            Just(b"\n".to_vec()),
             Just(b"99999999999999999999999".to_vec()),
             Just(vec![0xff, 0xfe, 0xfd]),
             proptest::collection::vec(any::<u8>(), 0..64),
@@ -161,37 +183,19 @@ mod hostile {
 
 #[test]
 fn foreign_entries_are_decode_errors() {
+    let e = |v: &'static [u8]| vec![(Bytes::from_static(b"e"), Bytes::from_static(v))];
     let cases: Vec<Vec<(Bytes, Bytes)>> = vec![
         vec![],
         vec![(Bytes::from_static(b"foo"), Bytes::from_static(b"bar"))],
         vec![(Bytes::from_static(b"v"), Bytes::from_static(b"99"))],
-        vec![(
-            Bytes::from_static(b"e"),
-            Bytes::from_static(b"2 id 1 json T"),
-        )],
-        vec![
-            (
-                Bytes::from_static(b"e"),
-                Bytes::from_static(b"3 id 1 json T"),
-            ),
-            (Bytes::from_static(b"p"), Bytes::from_static(b"{}")),
-        ],
-        vec![
-            (
-                Bytes::from_static(b"e"),
-                Bytes::from_static(b"2 id 1 xml T"),
-            ),
-            (Bytes::from_static(b"p"), Bytes::from_static(b"{}")),
-        ],
-        vec![
-            (
-                Bytes::from_static(b"e"),
-                Bytes::from_static(&[
-                    b'2', b' ', 0xff, b' ', b'1', b' ', b'j', b's', b'o', b'n', b' ', b'T',
-                ]),
-            ),
-            (Bytes::from_static(b"p"), Bytes::from_static(b"{}")),
-        ],
+        // Version 2 without the line feed, of another version, with an unknown codec, with an
+        // id that is not UTF-8, with an empty part, with a time that is not a number.
+        e(b"2 id 1 json T"),
+        e(b"3 id 1 json T\n{}"),
+        e(b"2 id 1 xml T\n{}"),
+        e(b"2 \xff 1 json T\n{}"),
+        e(b"2 id  json T\n{}"),
+        e(b"2 id x json T\n{}"),
         vec![
             (Bytes::from_static(b"v"), Bytes::from_static(b"1")),
             (Bytes::from_static(b"id"), Bytes::from_static(&[0xff, 0xfe])),

@@ -13,10 +13,12 @@ const F_TYPE: &str = "type";
 const F_TS: &str = "ts";
 const F_CODEC: &str = "ct";
 
-/// The fields before the payload; room for the payload and `headers` more.
-pub(super) fn encode(p: &Parts<'_>, headers: usize) -> Vec<(Key, Value)> {
+const F_PAYLOAD: &str = "p";
+
+/// The six fields and room for `headers` more.
+pub(super) fn encode(p: Parts<'_>) -> Vec<(Key, Value)> {
     // Static field names and values: no allocation for them per event.
-    let mut fields = Vec::with_capacity(6 + headers);
+    let mut fields = Vec::with_capacity(6 + p.headers.len());
     fields.push((
         Key::from_static_str(F_VERSION),
         Value::from_static_str(VERSION),
@@ -30,6 +32,10 @@ pub(super) fn encode(p: &Parts<'_>, headers: usize) -> Vec<(Key, Value)> {
     fields.push((
         Key::from_static_str(F_CODEC),
         Value::from_static_str(p.codec.tag()),
+    ));
+    fields.push((
+        Key::from_static_str(F_PAYLOAD),
+        Value::Bytes(p.payload.into()),
     ));
     fields
 }
@@ -61,5 +67,6 @@ pub(super) fn decode(fields: &[(Bytes, Bytes)]) -> Result<Meta> {
         event_type: utf8(F_TYPE, get(F_TYPE)?)?,
         published_at_ms: millis("field ts", get(F_TS)?)?,
         codec: codec(get(F_CODEC)?)?,
+        payload: get(F_PAYLOAD)?.clone(),
     })
 }
