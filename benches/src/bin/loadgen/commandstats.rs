@@ -141,13 +141,25 @@ pub(crate) struct Cost {
 
 /// The workloads with a command table: key in `Report::commands`, title, and the series whose
 /// `INFO cpu` figure is shown next to it.
-pub(crate) const WORKLOADS: [(&str, &str, &str); 3] = [
+pub(crate) const WORKLOADS: [(&str, &str, &str); 7] = [
     ("drain", "W2 drain (default options)", "drain"),
     (
         "raw_drain_count256",
         "raw drain XREADGROUP COUNT 256",
         "raw_drain_count256",
     ),
+    (
+        "raw_drain_minimal_count256",
+        "raw drain of minimal entries, XREADGROUP COUNT 256",
+        "raw_drain_minimal_count256",
+    ),
+    (
+        "rb_minimal",
+        "redis-benchmark XADD, minimal entry",
+        "rb_minimal",
+    ),
+    ("rb_v2", "redis-benchmark XADD, version 2 entry", "rb_v2"),
+    ("rb_v1", "redis-benchmark XADD, version 1 entry", "rb_v1"),
     (
         "retry",
         "W5 retries, 10% fail once (per delivery)",

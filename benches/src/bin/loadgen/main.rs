@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p benches --bin loadgen -- [--json] [--events N] [--latency-secs S]
-//!     [--rate R] [--repeat K] [--concurrency C] [--only LIST] [--big]
+//!     [--rate R] [--high-rate R2] [--repeat K] [--concurrency C] [--only LIST] [--big] [--quick]
 //! ```
 //!
 //! - `REDIS_URL` (default `redis://127.0.0.1:6379`).
@@ -14,9 +14,13 @@
 //!   (default 3).
 //! - `--concurrency C`: handler concurrency of every subscriber (default 32).
 //! - `--only LIST`: comma-separated subset of
-//!   `drain,fanout,retry,blocking,publish,latency,raw,rb,big` (for profiling one workload); skipped
-//!   metrics are `null`. `blocking` drains min(N, 20 000) events with 5 ms handlers, awaited and
-//!   in blocking mode.
+//!   `drain,fanout,retry,blocking,publish,latency,raw,rb,procs,big` (for profiling one workload);
+//!   skipped metrics are `null`. `blocking` drains min(N, 20 000) events with 5 ms handlers,
+//!   awaited and in blocking mode. `procs` runs a producer and a worker as separate processes
+//!   with a `tracing` subscriber installed, as users do, next to raw fred processes.
+//! - `--high-rate R2`: the latency workloads run again at R2 events/s (default 20 000; 0: not).
+//! - `--quick`: a short run for CI (20 000 events, one repeat, 2 s latency runs, no blocking, rb
+//!   or big workload) that exits with an error when a ratio collapses (see `Report::collapsed`).
 //! - `--big`: also drain a 1 000 000-event backlog and report the RSS peak of that phase.
 //! - `--json`: end with one JSON line of every metric.
 //!
@@ -48,8 +52,8 @@ use crate::harness::{progress, redis_version, Run};
 use crate::report::Report;
 
 /// The workloads `--only` accepts.
-const WORKLOADS: [&str; 9] = [
-    "drain", "fanout", "retry", "blocking", "publish", "latency", "raw", "rb", "big",
+const WORKLOADS: [&str; 10] = [
+    "drain", "fanout", "retry", "blocking", "publish", "latency", "raw", "rb", "procs", "big",
 ];
 
 /// The command line.
@@ -97,6 +101,16 @@ struct Args {
     )]
     rate: u64,
 
+    /// The latency workloads run again at this rate (0: not at all).
+    #[arg(long, value_name = "R", default_value_t = 20_000)]
+    high_rate: u64,
+
+    /// A short run for CI (about 20 s): 20 000 events, one repeat, 2 s latency runs, no
+    /// blocking, rb or big workload; exits with an error when a ratio collapses (drain ratio
+    /// < 0.3, publish ratio < 0.4, latency p99 > 3 × raw and > 5 ms).
+    #[arg(long)]
+    quick: bool,
+
     /// Throughput workloads run K times; the median is reported with the range.
     #[arg(
         long,
@@ -115,15 +129,24 @@ struct Args {
     )]
     concurrency: usize,
 
-    /// Comma-separated subset of drain,fanout,retry,blocking,publish,latency,raw,rb,big (for
-    /// profiling one workload); skipped metrics are null. blocking: min(--events, 20000) events
-    /// with 5 ms handlers, awaited vs blocking mode.
+    /// Comma-separated subset of drain,fanout,retry,blocking,publish,latency,raw,rb,procs,big
+    /// (for profiling one workload); skipped metrics are null. blocking: min(--events, 20000)
+    /// events with 5 ms handlers, awaited vs blocking mode. procs: producer and worker in
+    /// separate processes with a tracing subscriber, bus and raw.
     #[arg(long, value_name = "LIST", value_parser = parse_only)]
     only: Option<Only>,
 
     /// Also drain a 1 000 000-event backlog and report the RSS peak of that phase.
     #[arg(long)]
     big: bool,
+
+    /// Internal: run as one process of the separate-process workload.
+    #[arg(long, hide = true, value_enum)]
+    role: Option<workloads::procs::Role>,
+
+    /// Internal: the key prefix of that process.
+    #[arg(long, hide = true, default_value = "")]
+    prefix: String,
 }
 
 /// A count flag: a whole number of at least 1.
@@ -162,9 +185,24 @@ fn parse_only(value: &str) -> Result<Only, String> {
 impl Args {
     /// The command line of this process (exits with clap's message on a bad one).
     fn from_cli() -> Self {
-        let mut args = Args::parse();
+        Args::parse().settled()
+    }
+
+    /// Applies the flags that imply others (`--only big`, `--quick`).
+    fn settled(mut self) -> Self {
+        let args = &mut self;
         args.big |= args.only_has("big");
-        args
+        if args.quick {
+            args.events = 20_000;
+            args.repeat = 1;
+            args.latency_secs = 2;
+        }
+        self
+    }
+
+    /// The second latency rate, if any.
+    fn high_rate(&self) -> Option<u64> {
+        (self.high_rate > 0).then_some(self.high_rate)
     }
 
     fn only_has(&self, workload: &str) -> bool {
@@ -176,6 +214,7 @@ impl Args {
     fn wants(&self, workload: &str) -> bool {
         match &self.only {
             Some(_) => self.only_has(workload),
+            None if self.quick => !matches!(workload, "big" | "blocking" | "rb"),
             None => workload != "big" || self.big,
         }
     }
@@ -206,10 +245,13 @@ async fn run_all(args: &Args, run: &mut Run, report: &mut Report) -> BoxResult<(
         workloads::publish::phase_publish(args, run, report).await?;
     }
     if args.wants("rb") {
-        workloads::rb::phase_rb(run, report).await?;
+        workloads::rb::phase_rb(args, run, report).await?;
     }
     if args.wants("latency") || args.wants("raw") {
         workloads::latency::phase_latency(args, run, report).await?;
+    }
+    if args.wants("procs") {
+        workloads::procs::phase_procs(args, run, report).await?;
     }
     if args.wants("big") {
         workloads::big::phase_big(args, run, report).await?;
@@ -222,6 +264,9 @@ async fn run_all(args: &Args, run: &mut Run, report: &mut Report) -> BoxResult<(
 async fn main() -> BoxResult<()> {
     let _ = benches::now_ns(); // fix the monotonic base
     let args = Args::from_cli();
+    if let Some(role) = args.role {
+        return workloads::procs::run_role(role, &args, &args.prefix).await;
+    }
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let mut run = Run::new(url, unique_prefix("loadgen"));
     progress(&format!("prefix {}-*, {} events", run.base(), args.events));
@@ -244,6 +289,16 @@ async fn main() -> BoxResult<()> {
     commandstats::print_tables(&report);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
+    }
+    if args.quick {
+        let collapsed = report.collapsed();
+        for c in &collapsed {
+            eprintln!("loadgen guard: {c}");
+        }
+        if !collapsed.is_empty() {
+            return Err(format!("{} ratio(s) collapsed", collapsed.len()).into());
+        }
+        eprintln!("loadgen guard: no ratio collapsed");
     }
     Ok(())
 }

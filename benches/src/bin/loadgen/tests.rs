@@ -5,9 +5,8 @@ use clap::CommandFactory;
 use super::*;
 
 fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
-    let mut args = Args::try_parse_from(std::iter::once("loadgen").chain(argv.iter().copied()))?;
-    args.big |= args.only_has("big");
-    Ok(args)
+    let args = Args::try_parse_from(std::iter::once("loadgen").chain(argv.iter().copied()))?;
+    Ok(args.settled())
 }
 
 #[test]
@@ -24,6 +23,43 @@ fn defaults() {
         (100_000, 10, 2_000, 3, 32)
     );
     assert!(WORKLOADS.iter().all(|w| a.wants(w) == (*w != "big")));
+    assert_eq!(a.high_rate(), Some(20_000));
+    assert_eq!(
+        parse(&["--high-rate", "0"]).expect("valid").high_rate(),
+        None
+    );
+}
+
+#[test]
+fn quick() {
+    let a = parse(&["--quick", "--json"]).expect("valid flags");
+    assert_eq!((a.events, a.repeat, a.latency_secs), (20_000, 1, 2));
+    for w in ["drain", "fanout", "retry", "publish", "latency", "raw"] {
+        assert!(a.wants(w), "{w}");
+    }
+    for w in ["blocking", "rb", "big"] {
+        assert!(!a.wants(w), "{w}");
+    }
+}
+
+#[test]
+fn the_guard_flags_only_collapsed_ratios() {
+    let mut r = report::Report {
+        drain_ratio: Some(0.45),
+        publish_ratio: Some(0.9),
+        latency_ratio: Some(1.4),
+        latency_p99_ms: Some(0.5),
+        latency_ratio_20k: Some(4.0),
+        latency_p99_ms_20k: Some(2.0),
+        ..Default::default()
+    };
+    // A high latency ratio at a fast p99 is noise, not a collapse.
+    assert!(r.collapsed().is_empty());
+    r.drain_ratio = Some(0.25);
+    r.latency_p99_ms_20k = Some(8.0);
+    let c = r.collapsed();
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert!(c[0].starts_with("drain_ratio = 0.25"), "{c:?}");
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub(crate) mod blocking;
 pub(crate) mod drain;
 pub(crate) mod fanout;
 pub(crate) mod latency;
+pub(crate) mod procs;
 pub(crate) mod publish;
 pub(crate) mod rb;
 pub(crate) mod retry;

@@ -1,5 +1,6 @@
-//! W2 (one worker, one group draining a backlog, with and without read-ahead) and the raw drain
-//! ceilings.
+//! W2 (one worker, one group draining a backlog: default options with the adaptive read-ahead,
+//! strict back-pressure with `prefetch(0)`, and a fixed `prefetch`) and the raw drain ceilings,
+//! among them the minimal raw loop: `COUNT 256` over entries of one field, the payload alone.
 
 use benches::raw;
 use benches::{BoxResult, CpuMeter};
@@ -32,8 +33,10 @@ pub(crate) async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report)
     } else {
         None
     };
-    let mut w2 = Series::default();
-    let mut w2b = Series::default();
+    // W2, W2s, W2b.
+    let mut w2 = [(); 3].map(|_| Series::default());
+    let mut minimal = Series::default();
+    let mut minimal_cmds = Tally::default();
     let mut raws: Vec<(u64, Series)> = RAW_DRAIN_COUNTS
         .iter()
         .map(|c| (*c, Series::default()))
@@ -49,37 +52,37 @@ pub(crate) async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report)
         let mut line = format!("drain {}/{k}:", i + 1);
         let mut bus_rate = 0.0;
         if let Some(bus) = &bus {
-            backlog(bus, n).await?;
-            let d = drain_with_worker(
-                bus,
-                n,
-                &["drain"],
-                None,
-                Work::Nothing,
-                args.concurrency,
-                |o| o,
-            )
-            .await?;
-            let rate = w2.push(n, d.took, d.cpu);
-            w2_cmds.add(d.cmds.as_ref(), n);
-            bus_rate = rate;
-            line += &format!(" W2 {rate:.0}/s;");
-            delete_prefix(bus).await?;
-            backlog(bus, n).await?;
-            let ahead = 256usize.saturating_sub(args.concurrency);
-            let d = drain_with_worker(
-                bus,
-                n,
-                &["drain"],
-                None,
-                Work::Nothing,
-                args.concurrency,
-                |o| o.prefetch(ahead),
-            )
-            .await?;
-            let rate = w2b.push(n, d.took, d.cpu);
-            line += &format!(" W2 prefetch {rate:.0}/s;");
-            delete_prefix(bus).await?;
+            // W2 (default options), W2s (strict back-pressure), W2b (a fixed read-ahead that
+            // makes reads of 256).
+            let fixed = 256usize.saturating_sub(args.concurrency);
+            let variants: [(&str, Option<usize>); 3] = [
+                ("W2", None),
+                ("W2 strict", Some(0)),
+                ("W2 prefetch", Some(fixed)),
+            ];
+            for (v, (label, prefetch)) in variants.into_iter().enumerate() {
+                backlog(bus, n).await?;
+                let d = drain_with_worker(
+                    bus,
+                    n,
+                    &["drain"],
+                    None,
+                    Work::Nothing,
+                    args.concurrency,
+                    |o| match prefetch {
+                        Some(p) => o.prefetch(p),
+                        None => o,
+                    },
+                )
+                .await?;
+                let rate = w2[v].push(n, d.took, d.cpu);
+                if v == 0 {
+                    w2_cmds.add(d.cmds.as_ref(), n);
+                    bus_rate = rate;
+                }
+                line += &format!(" {label} {rate:.0}/s;");
+                delete_prefix(bus).await?;
+            }
         }
         if let Some(raw) = &raw {
             raw::xadd_pipelined(&raw.client, &raw.key, n, 1_000, 4).await?;
@@ -107,6 +110,22 @@ pub(crate) async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report)
                 line += &format!(" {reads}×{}: {rate:.0}/s", c / *reads);
             }
             raw.clear().await?;
+            raw::xadd_pipelined_with(
+                &raw.client,
+                &raw.key,
+                n,
+                1_000,
+                4,
+                raw::minimal_entry_fields,
+            )
+            .await?;
+            let cmds = CmdMeter::start(&raw.client).await;
+            let meter = CpuMeter::start(&raw.client).await;
+            let took = raw::drain(&raw.client, &raw.key, "rawmin", n, RAW_CMD_COUNT).await?;
+            let rate = minimal.push(n, took, meter.stop(&raw.client).await);
+            minimal_cmds.add(cmds.stop(&raw.client).await.as_ref(), n);
+            line += &format!("; minimal entries COUNT {RAW_CMD_COUNT}: {rate:.0}/s");
+            raw.clear().await?;
             if bus_rate > 0.0 && raw_best > 0.0 {
                 paired.push(bus_rate / raw_best);
             }
@@ -115,8 +134,9 @@ pub(crate) async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report)
     }
     report.drain_ratio_paired = report.record("drain_ratio_paired", &paired);
     if bus.is_some() {
-        report.drain_per_s = report.record_series("drain", &w2);
-        report.drain_prefetch_per_s = report.record_series("drain_prefetch", &w2b);
+        report.drain_per_s = report.record_series("drain", &w2[0]);
+        report.drain_strict_per_s = report.record_series("drain_strict", &w2[1]);
+        report.drain_prefetch_per_s = report.record_series("drain_prefetch", &w2[2]);
         report.record_commands("drain", &w2_cmds);
     }
     if let Some(raw) = raw {
@@ -129,6 +149,12 @@ pub(crate) async fn phase_drain(args: &Args, run: &mut Run, report: &mut Report)
             report.record_series(&format!("raw_bounded_{reads}x{}", c / reads), s);
         }
         report.raw_drain_bounded_per_s = report.best("raw_bounded_");
+        report.raw_drain_minimal_per_s =
+            report.record_series(&format!("raw_drain_minimal_count{RAW_CMD_COUNT}"), &minimal);
+        report.record_commands(
+            &format!("raw_drain_minimal_count{RAW_CMD_COUNT}"),
+            &minimal_cmds,
+        );
         raw.close().await?;
     }
     Ok(())

@@ -45,6 +45,7 @@ pub(crate) async fn phase_publish(
         .map(|_| Series::default())
         .collect();
     let mut raw_conc = Series::default();
+    let mut raw_seq = Series::default();
     let mut minimal = Series::default();
     let mut paired = Samples::default();
     for i in 0..k {
@@ -109,6 +110,14 @@ pub(crate) async fn phase_publish(
             let c = &raw.client;
             let meter = CpuMeter::start(c).await;
             let t = Instant::now();
+            raw::xadd_sequential(c, &raw.key, n).await?;
+            let took = t.elapsed();
+            let rate = raw_seq.push(n, took, meter.stop(c).await);
+            line += &format!(" raw awaited one by one {rate:.0}/s;");
+            raw.clear().await?;
+
+            let meter = CpuMeter::start(c).await;
+            let t = Instant::now();
             raw::xadd_concurrent(c, &raw.key, n, 1_000).await?;
             let took = t.elapsed();
             let rate = raw_conc.push(n, took, meter.stop(c).await);
@@ -146,6 +155,8 @@ pub(crate) async fn phase_publish(
         }
         report.record_series("raw_xadd_concurrent", &raw_conc);
         report.raw_xadd_per_s = report.best("raw_xadd_");
+        // After the best-of: one by one is never the best raw shape, and is compared with W1a.
+        report.raw_xadd_sequential_per_s = report.record_series("raw_sequential_xadd", &raw_seq);
         let (batch, in_flight) = MINIMAL_PIPELINE_SHAPE;
         report.raw_xadd_minimal_per_s = report.record_series(
             &format!("minimal_xadd_pipeline_{batch}x{in_flight}"),
