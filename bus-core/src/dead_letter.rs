@@ -1,6 +1,7 @@
 //! Dead letters: events a group gave up on, kept in a per-group stream
 //! `<prefix>:{<stream>}:dlq:<group>` with the original entry and why it failed.
 
+use fred::bytes::Bytes;
 use fred::types::Value;
 
 use crate::bus::Bus;
@@ -35,6 +36,33 @@ pub struct DeadLetter {
     pub event_type: Option<String>,
     /// The original entry's fields, byte for byte.
     pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl DeadLetter {
+    /// The original event, decoded from [`fields`](Self::fields) whatever its entry format:
+    /// [`Error::Decode`](crate::Error::Decode) when the entry was not a readable event (dead
+    /// letters with reason `decode` are often such entries).
+    ///
+    /// ```no_run
+    /// # #[derive(serde::Deserialize)] struct OrderPlaced { order_id: u64 }
+    /// # async fn demo(bus: bus_core::Bus) -> bus_core::Result<()> {
+    /// for d in bus.dead_letters("orders", "billing")?.list(10).await? {
+    ///     match d.decode::<OrderPlaced>() {
+    ///         Ok(order) => println!("order {} failed: {}", order.order_id, d.error),
+    ///         Err(e) => println!("{} is not an order: {e}", d.entry_id),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E> {
+        let fields: Vec<(Bytes, Bytes)> = self
+            .fields
+            .iter()
+            .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)))
+            .collect();
+        let env = envelope::decode(&fields)?;
+        env.codec.decode(&env.payload)
+    }
 }
 
 fn text(b: &[u8]) -> String {

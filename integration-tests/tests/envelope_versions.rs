@@ -173,3 +173,58 @@ async fn dead_letters_of_either_version_name_their_event_and_replay_into_the_gro
     .await;
     w.shutdown().await.expect("shutdown");
 }
+
+/// The take script dead-letters an entry whose attempts are used up before it runs (here: a
+/// consumer that died holding it after two deliveries without an outcome, with one attempt
+/// allowed). It must name the event of a version 2 entry, so the event's status says dead, and
+/// the dead letter decodes to the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_made_before_running_names_the_version_two_event() {
+    let env = TestEnv::new("envtake").await;
+    let p = env
+        .bus
+        .publish(&OrderPlaced { n: 5 })
+        .await
+        .expect("publish");
+    integration_tests::support::create_group(&env.bus, "orders", "g").await;
+    // A consumer that read it and died: delivered twice (its first attempt is charged), never
+    // acknowledged.
+    integration_tests::support::read_as(&env.bus, "orders", "g", "ghost", 1).await;
+    integration_tests::support::claim_for(
+        &env.bus,
+        "orders",
+        "g",
+        "ghost",
+        vec![p.entry_id.as_str()],
+        Some(60_000),
+        Some(2),
+    )
+    .await;
+    let opts = SubscriberOptions::new("g")
+        .max_attempts(1)
+        .visibility_timeout(Duration::from_millis(500))
+        .track_status(true);
+    let sub = subscriber_fn(opts, |_: OrderPlaced, _| async {
+        Ok::<(), HandlerError>(())
+    });
+    let w = start_worker(&env.bus, sub).await;
+    let dlq = env.bus.dead_letters("orders", "g").expect("dlq");
+    eventually(T, "the dead letter", || async {
+        dlq.count().await.expect("count") == 1
+    })
+    .await;
+    eventually(T, "the event's status: dead", || async {
+        env.bus
+            .event_status("orders", &p.event_id)
+            .await
+            .expect("status")
+            .get("g")
+            .is_some_and(|s| s.state == bus_core::State::Dead)
+    })
+    .await;
+    w.shutdown().await.expect("shutdown");
+    let d = &dlq.list(1).await.expect("list")[0];
+    assert_eq!(d.reason, "max_attempts");
+    assert_eq!(d.event_id.as_deref(), Some(p.event_id.as_str()));
+    assert_eq!(d.decode::<OrderPlaced>().expect("decode").n, 5);
+}

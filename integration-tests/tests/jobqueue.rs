@@ -118,8 +118,12 @@ async fn competing_movers_that_get_killed_move_every_delayed_event_exactly_once_
     let mut seen: HashMap<u64, u32> = HashMap::new();
     let mut late = Vec::new();
     for (id, fields) in &entries {
-        let payload = fields.get("p").expect("payload");
-        let t: Task = bus_core::Codec::MessagePack.decode(payload).expect("task");
+        // Envelope version 2: the line `2 <id> <ms> <codec> <type>`, a line feed, the payload.
+        let value = fields.get("e").expect("field e");
+        let nl = value.iter().position(|b| *b == b'\n').expect("a line feed");
+        let t: Task = bus_core::Codec::MessagePack
+            .decode(&value[nl + 1..])
+            .expect("task");
         *seen.entry(t.n).or_default() += 1;
         let at: u64 = id
             .split('-')

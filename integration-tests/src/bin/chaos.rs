@@ -465,12 +465,7 @@ async fn explain_dead_letters(dlq: &bus_core::DeadLetters, ledgers: &[LedgerLine
         return;
     };
     for d in list {
-        let n = d
-            .fields
-            .iter()
-            .find(|(k, _)| k == b"p")
-            .and_then(|(_, p)| bus_core::Codec::MessagePack.decode::<Task>(p).ok());
-        let Some(task) = n.filter(|t| tasks.contains(&t.n)) else {
+        let Some(task) = d.decode::<Task>().ok().filter(|t| tasks.contains(&t.n)) else {
             continue;
         };
         let history: Vec<String> = ledgers
@@ -492,15 +487,8 @@ async fn dead_lettered(dlq: &bus_core::DeadLetters) -> HashSet<u64> {
         return out;
     };
     for d in list {
-        let payload = d
-            .fields
-            .iter()
-            .find(|(k, _)| k == b"p")
-            .map(|(_, v)| v.clone());
-        if let Some(p) = payload {
-            if let Ok(t) = bus_core::Codec::MessagePack.decode::<Task>(&p) {
-                out.insert(t.n);
-            }
+        if let Ok(t) = d.decode::<Task>() {
+            out.insert(t.n);
         }
     }
     out

@@ -70,7 +70,9 @@ local function dead_letter(stream, dlq, records, marker, group, id, me, reason, 
   for _, v in ipairs(meta) do args[#args + 1] = v end
   local event_id = ''
   local f = e[1][2]
+  -- The event id: field `e` (envelope version 2: `2 <id> …`) or field `id` (version 1).
   for i = 1, #f - 1, 2 do
+    if f[i] == 'e' then event_id = string.match(f[i + 1], '^2 ([^ \n]+) ') or ''; break end
     if f[i] == 'id' then event_id = f[i + 1]; break end
   end
   local n = #f
