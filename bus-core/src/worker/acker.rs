@@ -1,6 +1,9 @@
 //! Batched acknowledgements: one task per lane collects the ids of handled entries and sends them
 //! in as few `XACK`s as possible. While one `XACK` is in flight the next batch accumulates, so an
-//! idle worker acks at once and a busy one acks hundreds of ids per round trip.
+//! idle worker acks at once. A busy one (its last batch had at least [`BUSY`] ids) also waits up
+//! to [`LINGER`] for a batch of [`FULL`] ids: a round trip alone would cut the batches to a few
+//! dozen ids, and each `XACK` costs Redis about as much per call as a few hundred ids cost
+//! (BENCHMARKS.md, "Where the drain time goes now").
 //!
 //! Entries that carried an attempt record (they were retried or reclaimed) have it deleted in the
 //! same pipeline, so no record outlives its entry.
@@ -23,6 +26,12 @@ use crate::redis;
 
 /// Most ids in one XACK.
 const MAX_BATCH: usize = 1024;
+/// A batch this large means the worker is busy: the next one lingers.
+const BUSY: usize = 32;
+/// The batch size a busy acker waits for.
+const FULL: usize = 256;
+/// Longest a busy acker waits for more ids (the entries stay leased meanwhile).
+const LINGER: Duration = Duration::from_millis(1);
 /// Most acknowledgements waiting to be sent; handlers wait for room beyond that (the channel is
 /// bounded so a Redis that stops answering cannot grow it without limit).
 const CAPACITY: usize = 4 * MAX_BATCH;
@@ -120,6 +129,7 @@ pub(crate) fn spawn(
     let task = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(64);
         let mut open = true;
+        let mut busy = false;
         while open {
             match rx.recv().await {
                 Some(Msg::Ack(ack)) => batch.push(ack),
@@ -135,6 +145,20 @@ pub(crate) fn spawn(
                     Err(_) => break,
                 }
             }
+            if busy && open {
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while batch.len() < FULL {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(Msg::Ack(ack))) => batch.push(ack),
+                        Ok(Some(Msg::Close) | None) => {
+                            open = false;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            busy = batch.len() >= BUSY;
             flush(&client, &key, &records, &group, &batch).await;
             // Sent (or given up: then the entry is reclaimed and runs again after the visibility
             // timeout, so it must not be renewed any more either).

@@ -114,23 +114,23 @@ impl Reader {
             if g.stopped() {
                 break;
             }
-            // Queued entries keep starting while the read is out.
+            // Queued entries keep starting while the read is out. The read itself is never
+            // dropped: a reply dropped unread would leave what it delivered pending here and held
+            // by nobody, so not released at shutdown. Once stopping, the loop just waits for it
+            // (shutdown interrupts a blocked read) and holds what it brought.
             let read = {
                 let read = self.read(want);
                 tokio::pin!(read);
+                let mut starting = true;
                 loop {
                     tokio::select! {
                         biased;
-                        r = &mut read => break Some(r),
-                        started = start_next(&g, &mut queue, &mut stop), if !queue.is_empty() => {
-                            if !started {
-                                break None;
-                            }
-                        }
+                        r = &mut read => break r,
+                        started = start_next(&g, &mut queue, &mut stop),
+                            if starting && !queue.is_empty() => starting = started,
                     }
                 }
             };
-            let Some(read) = read else { break };
             match read {
                 Ok(entries) => {
                     backoff = Duration::from_millis(100);
