@@ -228,3 +228,53 @@ async fn a_dead_letter_made_before_running_names_the_version_two_event() {
     assert_eq!(d.event_id.as_deref(), Some(p.event_id.as_str()));
     assert_eq!(d.decode::<OrderPlaced>().expect("decode").n, 5);
 }
+
+/// An entry written by hand as docs/wire-format.md describes it (what a producer in another
+/// language does: one `XADD` with the `e` field, JSON payload, a header) is handled by a Rust
+/// subscriber with the id, type, time and header it carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_written_by_hand_from_the_wire_format_is_handled() {
+    let env = TestEnv::new("envwire").await;
+    let key = env.bus.stream_key("orders").expect("key");
+    let value = "2 0192f3a4-5b6c-7d8e-9f01-23456789abcd 1764640000000 json OrderPlaced\n{\"n\":42}";
+    let _: String = env
+        .bus
+        .redis()
+        .xadd(
+            key.as_str(),
+            false,
+            None,
+            "*",
+            vec![("e", value), ("h:tenant", "acme")],
+        )
+        .await
+        .expect("XADD");
+    let rec = Recorder::new();
+    let rc = rec.clone();
+    let sub = subscriber_fn(SubscriberOptions::new("g"), move |e: OrderPlaced, ctx| {
+        let rc = rc.clone();
+        async move {
+            let at = ctx
+                .published_at()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            rc.record(format!(
+                "{} {} {} {} {at}",
+                e.n,
+                ctx.event_id(),
+                ctx.event_type(),
+                ctx.header("tenant").unwrap_or("-")
+            ));
+            Ok::<(), HandlerError>(())
+        }
+    });
+    let w = start_worker(&env.bus, sub).await;
+    rec.wait_for(T, "the hand-written event", |s| !s.is_empty())
+        .await;
+    w.shutdown().await.expect("shutdown");
+    assert_eq!(
+        rec.snapshot().keys().next().map(String::as_str),
+        Some("42 0192f3a4-5b6c-7d8e-9f01-23456789abcd OrderPlaced acme 1764640000000")
+    );
+}
