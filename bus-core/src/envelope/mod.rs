@@ -128,10 +128,15 @@ pub(crate) fn encode(version: EnvelopeVersion, parts: Parts<'_>) -> Vec<(Key, Va
 /// The group a replayed dead letter is addressed to (its `to` field), found without decoding the
 /// rest: an entry that fails to decode must still reach only that group.
 pub(crate) fn addressed_to(fields: &[(Bytes, Bytes)]) -> Option<&[u8]> {
+    field(fields, F_TO).map(|v| v.as_ref())
+}
+
+/// The value of the first field named `name`.
+fn field<'a>(fields: &'a [(Bytes, Bytes)], name: &str) -> Option<&'a Bytes> {
     fields
         .iter()
-        .find(|(k, _)| k.as_ref() == F_TO.as_bytes())
-        .map(|(_, v)| v.as_ref())
+        .find(|(k, _)| k.as_ref() == name.as_bytes())
+        .map(|(_, v)| v)
 }
 
 /// The event id and type of an entry, as far as they can be read (for listings of dead letters,

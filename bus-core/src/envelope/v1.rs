@@ -3,7 +3,7 @@
 use fred::bytes::Bytes;
 use fred::types::{Key, Value};
 
-use super::{codec, millis, missing, utf8, Meta, Parts};
+use super::{codec, field, millis, missing, utf8, Meta, Parts};
 use crate::error::{Error, Result};
 
 const VERSION: &str = "1";
@@ -38,13 +38,6 @@ pub(super) fn encode(p: Parts<'_>) -> Vec<(Key, Value)> {
         Value::Bytes(p.payload.into()),
     ));
     fields
-}
-
-fn field<'a>(fields: &'a [(Bytes, Bytes)], name: &str) -> Option<&'a Bytes> {
-    fields
-        .iter()
-        .find(|(k, _)| k.as_ref() == name.as_bytes())
-        .map(|(_, v)| v)
 }
 
 pub(super) fn identify(fields: &[(Bytes, Bytes)]) -> (Option<String>, Option<String>) {

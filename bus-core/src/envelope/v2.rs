@@ -9,7 +9,7 @@
 use fred::bytes::{BufMut, Bytes, BytesMut};
 use fred::types::{Key, Value};
 
-use super::{codec, millis, utf8, Meta, Parts};
+use super::{codec, field, millis, utf8, Meta, Parts};
 use crate::error::{Error, Result};
 
 const F_ENTRY: &str = "e";
@@ -21,10 +21,16 @@ pub(super) fn encode(p: Parts<'_>) -> Vec<(Key, Value)> {
     let (id, ty, ct) = (p.event_id, p.event_type, p.codec.tag());
     let mut value =
         BytesMut::with_capacity(6 + id.len() + ts.len() + ct.len() + ty.len() + p.payload.len());
-    for part in [b"2 ".as_slice(), id.as_bytes(), b" ", ts.as_bytes(), b" "] {
-        value.put_slice(part);
-    }
-    for part in [ct.as_bytes(), b" ", ty.as_bytes(), b"\n", &p.payload] {
+    let line = [
+        b"2 ",
+        id.as_bytes(),
+        b" ",
+        ts.as_bytes(),
+        b" ",
+        ct.as_bytes(),
+        b" ",
+    ];
+    for part in line.into_iter().chain([ty.as_bytes(), b"\n", &p.payload]) {
         value.put_slice(part);
     }
     fields.push((Key::from_static_str(F_ENTRY), Value::Bytes(value.freeze())));
@@ -33,10 +39,7 @@ pub(super) fn encode(p: Parts<'_>) -> Vec<(Key, Value)> {
 
 /// The value of the `e` field, if the entry has one.
 pub(super) fn entry_field(fields: &[(Bytes, Bytes)]) -> Option<&Bytes> {
-    fields
-        .iter()
-        .find(|(k, _)| k.as_ref() == F_ENTRY.as_bytes())
-        .map(|(_, v)| v)
+    field(fields, F_ENTRY)
 }
 
 /// The five space-separated parts of the envelope line (version, id, time, codec, type) and
